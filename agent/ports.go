@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"overtime/collector"
+)
+
+// Source is the node as read. collector.Source satisfies it; tests use a fake.
+type Source interface {
+	// Run delivers events to the channel until ctx is done, then closes it.
+	Run(ctx context.Context, events chan<- collector.Event) error
+	// Scan lists the processes running now (start-up and resync).
+	Scan() ([]collector.Process, error)
+	// SetFilter tells the kernel which exec comms may match a rule; all
+	// lets every exec through (a rule with no comm or literal exe basename).
+	SetFilter(comms []string, all bool) error
+	// Track marks pid as tracked: its forks, exits and file changes are
+	// reported from now on. Untrack forgets it.
+	Track(pid int) error
+	Untrack(pid int) error
+	// OpenFiles lists pid's open files (paths as the process sees them).
+	OpenFiles(pid int) ([]string, error)
+}
+
+// Enforcer changes the node. enforcer.Enforcer satisfies it; tests use a fake.
+// A tree is named by the agent (see treeName); the enforcer gives it a child
+// cgroup of that name beside the root process's own cgroup.
+type Enforcer interface {
+	// Confine moves pid (born at born, on the boot-time clock) into the
+	// tree's cgroup, creating it on first use, and keeps a pidfd for it. A
+	// pid whose start time no longer matches born is refused.
+	Confine(tree string, pid int, born time.Duration) error
+	// Forget drops a member that has exited.
+	Forget(tree string, pid int)
+	// Signal sends sig to every live member of the tree; it returns how
+	// many processes were signalled.
+	Signal(tree string, sig syscall.Signal) (int, error)
+	// Kill sends SIGKILL to the whole tree through its cgroup (cgroup.kill,
+	// or freeze-kill-thaw on v1) and through pidfds to members outside it.
+	Kill(tree string) error
+	// Release removes the tree's cgroup. Members still alive (agent stop)
+	// are first moved back to the cgroup they came from.
+	Release(tree string) error
+	// Adopt lists the tree cgroups an earlier run left behind, with the
+	// PIDs inside each.
+	Adopt() (map[string][]int, error)
+	// Remove deletes one entry the tree created: path (absolute, in the
+	// mount namespace of the tree's root) if it is still inode dev/ino, no
+	// live process holds it open, and, for a directory, it is empty. It
+	// returns the bytes freed, or the reason it was skipped ("replaced",
+	// "held_open", "not_empty", "gone"). With dryRun it only checks.
+	Remove(tree, path string, dev, ino uint64, dryRun bool) (freed int64, skip string, err error)
+}
