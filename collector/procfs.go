@@ -3,6 +3,7 @@ package collector
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/procfs"
@@ -26,6 +27,8 @@ type Procfs struct {
 	// v1 selects the freezer line of /proc/PID/cgroup instead of the
 	// cgroup v2 ("0::") line: on a pure cgroup v1 node.
 	v1 bool
+	// skipped counts processes scans left out for a read error.
+	skipped atomic.Uint64
 }
 
 // NewProcfs opens the proc filesystem mounted at root ("/proc" on a node).

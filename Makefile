@@ -1,0 +1,72 @@
+# overtime — `make help` lists the targets.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin/overtime
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# Debian packages the tests run for real: clang/llvm/libbpf-dev rebuild the
+# eBPF objects, restic and borgbackup are the engines, prometheus brings
+# promtool and the server for the alert test.
+APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl
+HELM_VERSION := v3.22.0
+export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build bin/overtime (no clang needed: the eBPF objects are committed)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/overtime
+
+.PHONY: generate
+generate: deps-generate ## rebuild the eBPF objects with bpf2go (needs clang)
+	$(GO) generate ./bpf/
+
+.PHONY: check-generated
+check-generated: deps-generate ## fail when the committed eBPF objects are stale
+	OVERTIME_REQUIRE_CLANG=1 $(GO) test -count=1 -run TestGeneratedCurrent ./bpf/
+
+.PHONY: deps
+deps: ## install what the tests need (apt-get, go install) when missing
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@command -v helm >/dev/null || { echo "installing helm $(HELM_VERSION)"; $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); }
+
+.PHONY: deps-generate
+deps-generate:
+	@command -v clang >/dev/null && dpkg -s libbpf-dev >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev >/dev/null; }
+
+.PHONY: test
+test: deps ## run every test as root against the real kernel (vet, race, short fuzz)
+	@[ "$$(id -u)" = 0 ] || { echo "make test runs as root: the tests load eBPF programs, make cgroups and kill their own processes"; exit 1; }
+	$(GO) vet ./...
+	OVERTIME_REQUIRE_CLANG=1 OVERTIME_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
+
+.PHONY: fuzz
+fuzz: ## a short fuzz run of the config parser and the event decoder
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(or $(FUZZTIME),30s) ./agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),30s) ./bpf/
+
+.PHONY: bench
+bench: build ## benchmarks: hot-path micro benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./agent/ ./bpf/ ./collector/
+
+.PHONY: demo
+demo: deps build ## a real hung restic backup ended at its deadline, its stale lock removed
+	@bash test/demo.sh $(BIN)
+
+.PHONY: lint
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf bin

@@ -1,0 +1,597 @@
+// Package agent decides. It holds the config and its rules, the table of
+// tracked process trees and their deadlines, the event loop, the metrics and
+// the HTTP API. It reads the node only through a Source and changes it only
+// through an Enforcer, so the whole decision core runs in a unit test with
+// fakes and an injected clock.
+package agent
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"overtime/collector"
+)
+
+// Clock reads the boot-time clock (CLOCK_BOOTTIME): deadlines are on it, so
+// they count time the node spent suspended and survive agent restarts.
+type Clock interface {
+	Now() time.Duration
+}
+
+// Options are the parts and settings an Agent is built from.
+type Options struct {
+	Config   *Config
+	Source   Source
+	Enforcer Enforcer
+	Clock    Clock
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	Build    BuildInfo
+	// Self is the agent's own PID, never tracked (0: os.Getpid()).
+	Self int
+}
+
+// Agent is the decision core and its event loop.
+type Agent struct {
+	src   Source
+	enf   Enforcer
+	clock Clock
+	log   *slog.Logger
+	m     *Metrics
+	self  int
+
+	// mu guards everything below: the loop writes, HTTP handlers and the
+	// metrics collector read.
+	mu      sync.RWMutex
+	cfg     *Config
+	procs   map[int]*proc
+	trees   map[string]*tree
+	timers  timers
+	actions *actionLog
+
+	ready   atomic.Bool
+	pings   chan chan struct{}
+	reloads chan *Config
+}
+
+// New builds an agent; it does nothing until Run.
+func New(o Options) *Agent {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.Self == 0 {
+		o.Self = os.Getpid()
+	}
+	a := &Agent{
+		src:     o.Source,
+		enf:     o.Enforcer,
+		clock:   o.Clock,
+		log:     o.Logger,
+		self:    o.Self,
+		cfg:     o.Config,
+		procs:   map[int]*proc{},
+		trees:   map[string]*tree{},
+		actions: newActionLog(512),
+		pings:   make(chan chan struct{}),
+		reloads: make(chan *Config, 1),
+	}
+	a.m = NewMetrics(o.Registry, o.Build)
+	o.Registry.MustRegister(&tableCollector{a: a})
+	return a
+}
+
+func (a *Agent) monitor() bool { return a.cfg.Mode == ModeMonitor }
+
+// start brings the table up to date with the node: the trees an earlier run
+// left in their cgroups, then every matching process already running.
+func (a *Agent) start() error {
+	comms, all, _ := a.cfg.Filter()
+	if err := a.src.SetFilter(comms, all); err != nil {
+		return err
+	}
+	adopted, err := a.enf.Adopt()
+	if err != nil {
+		return err
+	}
+	procs, err := a.src.Scan()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reconcile(procs, adopted)
+	return nil
+}
+
+// reconcile makes the table agree with a procfs scan: members that are gone
+// are retired, trees left in cgroups are adopted with their real deadlines,
+// and matching processes not yet tracked are added with their real start
+// time. It runs at start and after lost events.
+func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
+	now := a.clock.Now()
+	alive := make(map[int]*collector.Process, len(scan))
+	for i := range scan {
+		alive[scan[i].PID] = &scan[i]
+	}
+	// Retire members that are gone, or whose PID now names another process.
+	for pid, p := range a.procs {
+		if p.exited {
+			continue
+		}
+		if s, ok := alive[pid]; !ok || s.Born != p.Born {
+			a.memberExited(p, now, p.status)
+			a.reaped(p)
+		}
+	}
+	// Trees an earlier run of the agent left in their cgroups.
+	names := make([]string, 0, len(adopted))
+	for n := range adopted {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if _, known := a.trees[name]; known {
+			continue
+		}
+		a.adopt(name, adopted[name], alive)
+	}
+	// Matching processes, parents before children.
+	sort.Slice(scan, func(i, j int) bool { return scan[i].Born < scan[j].Born })
+	for i := range scan {
+		s := &scan[i]
+		if _, known := a.procs[s.PID]; known || s.PID == a.self {
+			continue
+		}
+		if parent, ok := a.procs[s.PPID]; ok && !parent.exited {
+			a.addMember(parent.tree, *s)
+			continue
+		}
+		if r := firstMatch(a.cfg.Rules, s); r != nil {
+			a.newTree(r, *s)
+		}
+	}
+}
+
+// adopt rebuilds a tree from a cgroup an earlier run created.
+func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process) {
+	ruleName, rootPID, start, ok := parseTreeName(name)
+	var rule *Rule
+	for _, r := range a.cfg.Rules {
+		if r.Name == ruleName {
+			rule = r
+		}
+	}
+	if !ok || rule == nil {
+		// Its rule is gone from the config: give the processes back.
+		a.log.Warn("releasing tree cgroup of an unknown rule", "cgroup", name, "rule", ruleName)
+		if err := a.enf.Release(name); err != nil {
+			a.log.Error("release tree cgroup", "cgroup", name, "err", err)
+		}
+		return
+	}
+	t := a.makeTree(name, rule, rootPID, start)
+	for _, pid := range pids {
+		if s, ok := alive[pid]; ok {
+			a.join(t, *s)
+		}
+	}
+	if t.live == 0 {
+		delete(a.trees, name)
+		if err := a.enf.Release(name); err != nil {
+			a.log.Error("remove empty tree cgroup", "cgroup", name, "err", err)
+		}
+		return
+	}
+	a.log.Info("adopted tree", "rule", rule.Name, "pid", rootPID, "cgroup", name,
+		"members", t.live, "deadline_in", (t.deadline - a.clock.Now()).String())
+}
+
+func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration) *tree {
+	t := &tree{
+		name:     name,
+		rule:     r,
+		rootPID:  rootPID,
+		start:    start,
+		deadline: start + r.Timeout,
+		killAt:   start + r.Timeout + r.Kill.Grace,
+		members:  map[int]*proc{},
+		created:  map[string]*created{},
+		opened:   map[string]bool{},
+	}
+	a.trees[name] = t
+	a.timers.add(timer{at: t.deadline, kind: timerDeadline, tree: t})
+	return t
+}
+
+// newTree starts tracking a process that matched rule r at exec (or in a scan).
+func (a *Agent) newTree(r *Rule, p collector.Process) {
+	if !a.roomFor(p.PID) {
+		return
+	}
+	t := a.makeTree(treeName(r.Name, p.PID, p.Start), r, p.PID, p.Start)
+	if m := a.join(t, p); m != nil {
+		a.log.Info("tracking", a.procAttrs(m, "deadline_in", (t.deadline-a.clock.Now()).String())...)
+	}
+}
+
+// addMember adds a process forked by a member of t.
+func (a *Agent) addMember(t *tree, p collector.Process) {
+	if !a.roomFor(p.PID) {
+		return
+	}
+	a.join(t, p)
+	// A child born while its tree is being ended is ended with it.
+	if t.killed && !a.monitor() {
+		if err := a.enf.Kill(t.name); err != nil {
+			a.log.Error("kill late member", "rule", t.rule.Name, "pid", p.PID, "err", err)
+		}
+	}
+}
+
+func (a *Agent) roomFor(pid int) bool {
+	if len(a.procs) < a.cfg.Limits.MaxTracked {
+		return true
+	}
+	a.m.limitHits.WithLabelValues("max_tracked_processes").Inc()
+	a.log.Warn("not tracking: max_tracked_processes reached", "pid", pid, "limit", a.cfg.Limits.MaxTracked)
+	if err := a.src.Untrack(pid); err != nil {
+		a.log.Debug("untrack", "pid", pid, "err", err)
+	}
+	return false
+}
+
+// join puts p in t: in the table, in the kernel's tracked set and in t's
+// cgroup.
+func (a *Agent) join(t *tree, p collector.Process) *proc {
+	m := &proc{Process: p, tree: t}
+	m.podUID, m.containerID = collector.ParsePod(p.Cgroup)
+	t.members[p.PID] = m
+	t.live++
+	a.procs[p.PID] = m
+	if err := a.src.Track(p.PID); err != nil {
+		a.log.Warn("track in kernel", "pid", p.PID, "err", err)
+	}
+	if err := a.enf.Confine(t.name, p.PID, p.Born); err != nil {
+		if isGone(err) {
+			// It exited before it could be confined. Its exit and reap
+			// events are normally on their way; if none comes (it ended
+			// before the kernel tracked it), forget it a little later.
+			a.timers.add(timer{at: a.clock.Now() + goneGrace, kind: timerGone, tree: t, pid: p.PID})
+			return m
+		}
+		a.m.unconfined.WithLabelValues(t.rule.Name).Inc()
+		a.log.Warn("could not move process into its tree cgroup; it will be signalled through its pidfd",
+			a.procAttrs(m, "err", err)...)
+	}
+	return m
+}
+
+// isGone reports whether the enforcer said the process no longer exists.
+func isGone(err error) bool {
+	var g interface{ Gone() bool }
+	return errors.As(err, &g) && g.Gone()
+}
+
+// handle applies one event to the table.
+func (a *Agent) handle(ev collector.Event) {
+	a.m.events.WithLabelValues(ev.Type.String()).Inc()
+	switch ev.Type {
+	case collector.EventExec:
+		a.onExec(ev)
+	case collector.EventFork:
+		a.onFork(ev)
+	case collector.EventExit:
+		if p, ok := a.procs[ev.PID]; ok && !p.exited {
+			a.memberExited(p, ev.Time, ev.ExitCode)
+		}
+	case collector.EventReap:
+		if p, ok := a.procs[ev.PID]; ok {
+			if !p.exited {
+				a.memberExited(p, ev.Time, ev.ExitCode)
+			}
+			a.reaped(p)
+		}
+	case collector.EventFile:
+		a.onFile(ev)
+	case collector.EventLost:
+		a.m.lost.Add(float64(ev.Lost))
+		a.resync()
+	}
+}
+
+func (a *Agent) onExec(ev collector.Event) {
+	if ev.Proc == nil {
+		return
+	}
+	p := *ev.Proc
+	if m, ok := a.procs[p.PID]; ok && !m.exited {
+		// A member executed another program: it stays in its tree, with the
+		// tree's rule and deadline.
+		m.Comm, m.Args, m.Exe = p.Comm, p.Args, p.Exe
+		return
+	}
+	if m, ok := a.procs[p.PID]; ok {
+		// The PID was reaped and reused before we saw the reap.
+		a.reaped(m)
+	}
+	if parent, ok := a.procs[p.PPID]; ok && !parent.exited {
+		// A child whose fork we did not see (it was forked before its
+		// parent was tracked): it belongs to its parent's tree.
+		a.addMember(parent.tree, p)
+		return
+	}
+	if p.PID == a.self {
+		return
+	}
+	r := firstMatch(a.cfg.Rules, &p)
+	if r == nil {
+		if err := a.src.Untrack(p.PID); err != nil {
+			a.log.Debug("untrack", "pid", p.PID, "err", err)
+		}
+		return
+	}
+	a.newTree(r, p)
+}
+
+func (a *Agent) onFork(ev collector.Event) {
+	parent, ok := a.procs[ev.PPID]
+	if !ok || parent.exited {
+		if err := a.src.Untrack(ev.PID); err != nil {
+			a.log.Debug("untrack", "pid", ev.PID, "err", err)
+		}
+		return
+	}
+	if old, ok := a.procs[ev.PID]; ok {
+		a.reaped(old)
+	}
+	p := parent.Process
+	p.PID, p.PPID, p.Born, p.Start = ev.PID, ev.PPID, ev.Born, ev.Time
+	a.addMember(parent.tree, p)
+}
+
+// memberExited records that every thread of p has exited.
+func (a *Agent) memberExited(p *proc, at time.Duration, status int) {
+	p.exited, p.exitAt, p.status = true, at, status
+	t := p.tree
+	a.enf.Forget(t.name, p.PID)
+	t.live--
+	if p.PID == t.rootPID {
+		t.rootStatus = status
+	}
+	// Children of p that still run are orphans now.
+	for _, c := range t.members {
+		if c.PPID == p.PID && !c.exited && !c.orphaned {
+			a.markOrphan(c)
+		}
+	}
+	a.timers.add(timer{at: at + zombieAfter, kind: timerZombie, tree: t, pid: p.PID})
+	if t.live == 0 {
+		a.endTree(t, at)
+	}
+}
+
+func (a *Agent) markOrphan(c *proc) {
+	c.orphaned = true
+	a.log.Warn("orphaned: the process that started it exited", a.procAttrs(c)...)
+}
+
+// reaped drops a process whose parent waited for it (or that is gone).
+func (a *Agent) reaped(p *proc) {
+	t := p.tree
+	if cur, ok := a.procs[p.PID]; ok && cur == p {
+		delete(a.procs, p.PID)
+	}
+	delete(t.members, p.PID)
+	if len(t.members) == 0 && t.ended {
+		delete(a.trees, t.name)
+	}
+}
+
+// endTree runs when the last member of t has exited.
+func (a *Agent) endTree(t *tree, at time.Duration) {
+	t.ended = true
+	outcome := "exited"
+	switch {
+	case t.signalled || t.killed:
+		outcome = "killed"
+	case t.rootStatus != 0:
+		outcome = "failed"
+	}
+	runtime := at - t.start
+	a.m.runtime.WithLabelValues(t.rule.Name, outcome).Observe(runtime.Seconds())
+	if t.killed && at >= t.killAt {
+		lat := at - t.killAt
+		a.m.killLatency.WithLabelValues(t.rule.Name).Observe(lat.Seconds())
+		a.record(t, t.rootPID, "kill", "confirmed", "tree gone "+lat.String()+" after deadline + grace")
+	}
+	a.log.Info("tree ended", "rule", t.rule.Name, "pid", t.rootPID, "outcome", outcome,
+		"runtime", runtime.String(), "cgroup", t.name)
+	if cleanupApplies(t.rule.Cleanup.When, outcome) {
+		a.cleanup(t)
+	}
+	if err := a.enf.Release(t.name); err != nil {
+		a.log.Error("remove tree cgroup", "rule", t.rule.Name, "cgroup", t.name, "err", err)
+	}
+	if len(t.members) == 0 {
+		delete(a.trees, t.name)
+	}
+}
+
+func cleanupApplies(when []string, outcome string) bool {
+	for _, w := range when {
+		switch {
+		case w == "always",
+			w == "killed" && outcome == "killed",
+			w == "failed" && (outcome == "failed" || outcome == "killed"):
+			return true
+		}
+	}
+	return false
+}
+
+// tick runs every timer due at now.
+func (a *Agent) tick(now time.Duration) {
+	for {
+		tm, ok := a.timers.popDue(now)
+		if !ok {
+			return
+		}
+		t := tm.tree
+		switch tm.kind {
+		case timerDeadline:
+			if !t.ended && a.trees[t.name] == t {
+				a.deadline(t, now)
+			}
+		case timerKill:
+			if !t.ended && a.trees[t.name] == t {
+				a.kill(t, now)
+			}
+		case timerConfirm:
+			if !t.ended && a.trees[t.name] == t {
+				a.confirm(t, now)
+			}
+		case timerGone:
+			if p, ok := a.procs[tm.pid]; ok && p.tree == t && !p.exited {
+				a.memberExited(p, now, 0)
+				a.reaped(p)
+			}
+		case timerZombie:
+			if p, ok := a.procs[tm.pid]; ok && p.tree == t && p.exited && !p.zombie {
+				p.zombie = true
+				a.log.Warn("zombie: exited and not reaped by its parent", a.procAttrs(p, "parent", p.PPID)...)
+			}
+		}
+	}
+}
+
+// deadline: the tree is overdue; send the rule's signal to all of it.
+func (a *Agent) deadline(t *tree, now time.Duration) {
+	t.overdue = true
+	r := t.rule
+	a.m.timeouts.WithLabelValues(r.Name).Inc()
+	if r.Kill.Signal == unix.SIGKILL {
+		a.kill(t, now)
+		return
+	}
+	a.timers.add(timer{at: t.killAt, kind: timerKill, tree: t})
+	a.signal(t, r.Kill.Signal, r.Kill.SignalName, "deadline reached")
+}
+
+func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
+	r := t.rule
+	if a.monitor() {
+		a.m.kills.WithLabelValues(r.Name, name, "skipped_monitor").Inc()
+		a.record(t, t.rootPID, "signal", "skipped_monitor", why+": would send "+name)
+		a.log.Warn("overdue: would send "+name+" (monitor mode)", a.rootAttrs(t)...)
+		return
+	}
+	n, err := a.enf.Signal(t.name, sig)
+	t.signalled = true
+	if err != nil {
+		a.m.kills.WithLabelValues(r.Name, name, "error").Inc()
+		a.record(t, t.rootPID, "signal", "error", err.Error())
+		a.log.Error("overdue: "+name+" failed", a.rootAttrs(t, "err", err)...)
+		return
+	}
+	a.m.kills.WithLabelValues(r.Name, name, "ok").Inc()
+	a.record(t, t.rootPID, "signal", "ok", why+": sent "+name)
+	a.log.Warn("overdue: sent "+name+" to the tree", a.rootAttrs(t, "processes", n)...)
+}
+
+// kill: deadline + grace, the tree is still alive: SIGKILL through its cgroup.
+func (a *Agent) kill(t *tree, now time.Duration) {
+	r := t.rule
+	if a.monitor() {
+		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "skipped_monitor").Inc()
+		a.record(t, t.rootPID, "kill", "skipped_monitor", "grace over: would kill the tree")
+		a.log.Warn("overdue past grace: would kill the tree (monitor mode)", a.rootAttrs(t)...)
+		return
+	}
+	err := a.enf.Kill(t.name)
+	t.killed = true
+	if err != nil {
+		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "error").Inc()
+		a.record(t, t.rootPID, "kill", "error", err.Error())
+		a.log.Error("kill failed", a.rootAttrs(t, "err", err)...)
+	} else {
+		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "ok").Inc()
+		a.record(t, t.rootPID, "kill", "ok", "grace over: SIGKILL to the tree")
+		a.log.Warn("killed the tree", a.rootAttrs(t)...)
+	}
+	a.timers.add(timer{at: now + confirmDelay(0), kind: timerConfirm, tree: t})
+}
+
+// confirmDelay is how long to wait before checking that a killed tree is
+// gone, then again, backing off.
+func confirmDelay(try int) time.Duration {
+	d := time.Second << try
+	if d > 30*time.Second {
+		d = 30 * time.Second
+	}
+	return d
+}
+
+// confirm: a killed tree has members still alive: kill again and say so.
+func (a *Agent) confirm(t *tree, now time.Duration) {
+	t.confirmTry++
+	a.record(t, t.rootPID, "kill", "error", "tree still alive after SIGKILL")
+	a.log.Error("tree still alive after SIGKILL; killing again", a.rootAttrs(t, "alive", t.live)...)
+	if err := a.enf.Kill(t.name); err != nil {
+		a.m.kills.WithLabelValues(t.rule.Name, "SIGKILL", "error").Inc()
+	}
+	a.timers.add(timer{at: now + confirmDelay(t.confirmTry), kind: timerConfirm, tree: t})
+}
+
+// resync rescans procfs after the kernel dropped events.
+func (a *Agent) resync() {
+	a.m.resyncs.Inc()
+	procs, err := a.src.Scan()
+	if err != nil {
+		a.log.Error("resync scan", "err", err)
+		return
+	}
+	adopted, err := a.enf.Adopt()
+	if err != nil {
+		a.log.Error("resync adopt", "err", err)
+		adopted = nil
+	}
+	a.reconcile(procs, adopted)
+	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
+}
+
+// nextWake is when the first timer is due.
+func (a *Agent) nextWake() (time.Duration, bool) { return a.timers.next() }
+
+// procAttrs are the log attributes of an action on p.
+func (a *Agent) procAttrs(p *proc, extra ...any) []any {
+	attrs := []any{"rule", p.tree.rule.Name, "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup,
+		"runtime", (a.clock.Now() - p.Start).Round(time.Millisecond).String()}
+	if p.podUID != "" {
+		attrs = append(attrs, "pod_uid", p.podUID)
+	}
+	if p.containerID != "" {
+		attrs = append(attrs, "container_id", p.containerID)
+	}
+	return append(attrs, extra...)
+}
+
+func (a *Agent) rootAttrs(t *tree, extra ...any) []any {
+	if p, ok := t.members[t.rootPID]; ok {
+		return a.procAttrs(p, extra...)
+	}
+	attrs := []any{"rule", t.rule.Name, "pid", t.rootPID, "cgroup", t.name,
+		"runtime", (a.clock.Now() - t.start).Round(time.Millisecond).String()}
+	return append(attrs, extra...)
+}

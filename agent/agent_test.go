@@ -1,0 +1,335 @@
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"overtime/collector"
+)
+
+const resticRule = `
+rules:
+  - name: restic
+    match: {comm: [restic], args: [backup]}
+    timeout: 5m
+    kill: {signal: SIGTERM, grace: 10s}
+    cleanup: {when: [killed], paths: ["**/locks/*", "/tmp/restic-*"]}
+`
+
+const s = time.Second
+
+func TestExecMatchTracksAndConfines(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	if !slices.Equal(h.src.comms, []string{"restic"}) || h.src.all {
+		t.Fatalf("kernel filter = %v all=%v, want [restic] false", h.src.comms, h.src.all)
+	}
+	h.exec(100, 1, 1000*s, "restic", "backup", "--stdin")
+	h.exec(101, 1, 1000*s, "restic", "snapshots") // no "backup": no match
+	if got := h.pids(); !slices.Equal(got, []int{100}) {
+		t.Fatalf("tracked pids = %v, want [100]", got)
+	}
+	if !h.src.tracked[100] || h.src.tracked[101] {
+		t.Fatalf("kernel tracked set = %v, want only 100", h.src.tracked)
+	}
+	want := "confine " + treeName("restic", 100, 1000*s) + " 100"
+	if calls := h.enf.callList(); len(calls) != 1 || calls[0] != want {
+		t.Fatalf("enforcer calls = %v, want [%s]", calls, want)
+	}
+}
+
+func TestDeadlineSignalThenKillThenEnd(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 1000*s, "restic", "backup")
+	h.fork(200, 100, 1001*s)
+	h.exec(200, 100, 1001*s, "ssh", "backend") // a member execs another program
+	name := treeName("restic", 100, 1000*s)
+
+	h.at(1000*s + 5*time.Minute - time.Nanosecond)
+	if n := h.enf.count("signal"); n != 0 {
+		t.Fatalf("signalled before the deadline")
+	}
+	if st := h.states(); st[100] != StateRunning || st[200] != StateRunning {
+		t.Fatalf("states before deadline = %v", st)
+	}
+	h.at(1000*s + 5*time.Minute)
+	if n := h.enf.count("signal " + name + " 15"); n != 1 {
+		t.Fatalf("SIGTERM sent %d times at the deadline, want 1 (calls %v)", n, h.enf.callList())
+	}
+	if st := h.states(); st[100] != StateTerminating || st[200] != StateTerminating {
+		t.Fatalf("states after TERM = %v", st)
+	}
+	if p := h.a.Processes(); p[1].Rule != "restic" || p[1].Comm != "ssh" {
+		t.Fatalf("member after exec = %+v, want rule restic comm ssh", p[1])
+	}
+	h.at(1000*s + 5*time.Minute + 10*s - time.Nanosecond)
+	if h.enf.count("kill") != 0 {
+		t.Fatal("killed before deadline + grace")
+	}
+	killAt := 1000*s + 5*time.Minute + 10*s
+	h.at(killAt)
+	if h.enf.count("kill "+name) != 1 {
+		t.Fatalf("no SIGKILL at deadline + grace: %v", h.enf.callList())
+	}
+	h.exit(200, killAt+2*time.Millisecond, 9)
+	h.exit(100, killAt+3*time.Millisecond, 9)
+	if h.enf.count("release "+name) != 1 {
+		t.Fatalf("tree cgroup not released after the tree died: %v", h.enf.callList())
+	}
+	h.reap(200, killAt+4*time.Millisecond)
+	h.reap(100, killAt+4*time.Millisecond)
+	if got := h.pids(); len(got) != 0 {
+		t.Fatalf("table not empty after the tree ended: %v", got)
+	}
+	if n := testutil.CollectAndCount(h.a.m.killLatency); n != 1 {
+		t.Fatalf("kill latency series = %d, want 1", n)
+	}
+	if v := testutil.ToFloat64(h.a.m.kills.WithLabelValues("restic", "SIGKILL", "ok")); v != 1 {
+		t.Fatalf("kills_total{SIGKILL,ok} = %v", v)
+	}
+	if v := testutil.ToFloat64(h.a.m.timeouts.WithLabelValues("restic")); v != 1 {
+		t.Fatalf("timeouts_total = %v", v)
+	}
+	// The tree never comes back: no confirm timer fires on a dead tree.
+	h.at(killAt + time.Hour)
+	if h.enf.count("kill") != 1 {
+		t.Fatalf("killed again after the tree ended: %v", h.enf.callList())
+	}
+}
+
+func TestTreeThatDiesOfTermIsNotKilled(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.at(5 * time.Minute)
+	h.exit(100, 5*time.Minute+time.Second, 15)
+	h.at(5*time.Minute + time.Hour)
+	if h.enf.count("kill") != 0 {
+		t.Fatalf("SIGKILL sent to a tree that was gone: %v", h.enf.callList())
+	}
+	err := testutil.CollectAndCompare(h.a.m.runtime, strings.NewReader(`
+# HELP overtime_process_runtime_seconds Run time of tracked process trees, observed when the tree ends.
+# TYPE overtime_process_runtime_seconds histogram
+`+histLines("restic", "killed", 301)), "overtime_process_runtime_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMonitorModeNeverActs(t *testing.T) {
+	h := newHarness(t, "mode: monitor\n"+resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.at(5*time.Minute + 10*s)
+	if h.enf.count("signal") != 0 || h.enf.count("kill") != 0 {
+		t.Fatalf("monitor mode acted: %v", h.enf.callList())
+	}
+	if st := h.states(); st[100] != StateOverdue {
+		t.Fatalf("state = %v, want overdue", st[100])
+	}
+	for _, sig := range []string{"SIGTERM", "SIGKILL"} {
+		if v := testutil.ToFloat64(h.a.m.kills.WithLabelValues("restic", sig, "skipped_monitor")); v != 1 {
+			t.Fatalf("kills_total{%s,skipped_monitor} = %v, want 1", sig, v)
+		}
+	}
+	err := testutil.CollectAndCompare(&tableCollector{a: h.a}, strings.NewReader(`
+# HELP overtime_overdue_process_info One series per overdue process still alive (value 1); it goes away with the process.
+# TYPE overtime_overdue_process_info gauge
+overtime_overdue_process_info{comm="restic",container_id="",pid="100",pod_uid="",rule="restic"} 1
+# HELP overtime_overdue_processes Tracked processes past their deadline and still alive, by rule.
+# TYPE overtime_overdue_processes gauge
+overtime_overdue_processes{rule="restic"} 1
+`), "overtime_overdue_processes", "overtime_overdue_process_info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.exit(100, 6*time.Minute, 0)
+	if n := testutil.CollectAndCount(&tableCollector{a: h.a}, "overtime_overdue_process_info"); n != 0 {
+		t.Fatalf("_info series outlived its process")
+	}
+}
+
+func TestStartupScanKeepsRealStartAndAdoptsTrees(t *testing.T) {
+	h := newHarness(t, resticRule)
+	adopted := treeName("restic", 300, 100*s)
+	h.enf.adopt = map[string][]int{adopted: {300, 301}, treeName("gone-rule", 400, 0): {400}}
+	h.src.scan = []collector.Process{
+		// Started 4 minutes before "now" (1000s): 1 minute left.
+		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 760 * s, Born: 760 * s},
+		{PID: 101, PPID: 100, Comm: "sh", Args: []string{"sh"}, Start: 761 * s, Born: 761 * s},
+		{PID: 300, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 100 * s, Born: 100 * s},
+		{PID: 301, PPID: 300, Comm: "sleep", Start: 101 * s, Born: 101 * s},
+		{PID: 400, PPID: 1, Comm: "x", Start: 1 * s, Born: 1 * s},
+		{PID: 1, PPID: 0, Comm: "init", Start: 0, Born: 0},
+	}
+	h.start()
+	if got := h.pids(); !slices.Equal(got, []int{100, 101, 300, 301}) {
+		t.Fatalf("tracked after scan = %v", got)
+	}
+	if h.enf.count("release "+treeName("gone-rule", 400, 0)) != 1 {
+		t.Fatalf("a tree cgroup of an unknown rule was not given back: %v", h.enf.callList())
+	}
+	// The adopted tree is long overdue: TERM at once (its real deadline).
+	h.at(1000 * s)
+	if h.enf.count("signal "+adopted) != 1 {
+		t.Fatalf("adopted overdue tree not signalled at once: %v", h.enf.callList())
+	}
+	// The scanned one keeps its real deadline: 760s + 5m = 1060s.
+	h.at(1060*s - time.Nanosecond)
+	if h.enf.count("signal "+treeName("restic", 100, 760*s)) != 0 {
+		t.Fatal("scanned tree signalled before its real deadline")
+	}
+	h.at(1060 * s)
+	if h.enf.count("signal "+treeName("restic", 100, 760*s)) != 1 {
+		t.Fatalf("scanned tree not signalled at its real deadline: %v", h.enf.callList())
+	}
+}
+
+func TestShortLivedProcessesLeaveNoTrace(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	for i := 0; i < 2000; i++ {
+		pid := 1000 + i
+		at := time.Duration(i) * time.Millisecond
+		h.exec(pid, 1, at, "restic", "backup")
+		h.exit(pid, at+time.Microsecond, 0)
+		h.reap(pid, at+2*time.Microsecond)
+	}
+	if n := len(h.a.procs) + len(h.a.trees); n != 0 {
+		t.Fatalf("table holds %d entries after 2000 short-lived processes", n)
+	}
+	if h.enf.count("release") != 2000 {
+		t.Fatalf("released %d tree cgroups, want 2000", h.enf.count("release"))
+	}
+}
+
+func TestZombieAndOrphan(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.fork(101, 100, s)
+	h.fork(102, 100, s)
+	h.exit(102, 2*s, 0) // never reaped by 100
+	h.exit(100, 3*s, 0) // 101 runs on: orphan
+	h.at(3*s + zombieAfter)
+	st := h.states()
+	if st[102] != StateZombie {
+		t.Fatalf("unreaped child state = %v, want zombie", st[102])
+	}
+	if p := h.a.Processes(); !p[1].Orphaned || p[0].Orphaned {
+		t.Fatalf("orphan flags = %v/%v, want 101 orphaned only", p[0].Orphaned, p[1].Orphaned)
+	}
+	err := testutil.CollectAndCompare(&tableCollector{a: h.a}, strings.NewReader(`
+# HELP overtime_orphaned_processes Tracked processes still alive after the process that started them exited, by rule.
+# TYPE overtime_orphaned_processes gauge
+overtime_orphaned_processes{rule="restic"} 1
+# HELP overtime_zombie_processes Tracked processes that exited and were never reaped by their parent, by rule.
+# TYPE overtime_zombie_processes gauge
+overtime_zombie_processes{rule="restic"} 2
+# HELP overtime_tracked_processes Processes tracked now (alive), by rule.
+# TYPE overtime_tracked_processes gauge
+overtime_tracked_processes{rule="restic"} 1
+`), "overtime_orphaned_processes", "overtime_zombie_processes", "overtime_tracked_processes")
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGoneAtConfineIsDropped(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.at(0)
+	h.enf.gone[100] = true
+	h.enf.gone[200] = true
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exec(200, 1, 0, "restic", "backup")
+	// 100's exit and reap events come: it ends normally.
+	h.exit(100, time.Millisecond, 0)
+	h.reap(100, time.Millisecond)
+	if v := testutil.CollectAndCount(h.a.m.runtime); v != 1 {
+		t.Fatalf("runtime series = %d, want 1", v)
+	}
+	// 200's never come: it is retired after goneGrace.
+	h.at(goneGrace - time.Nanosecond)
+	if _, ok := h.a.procs[200]; !ok {
+		t.Fatal("retired before goneGrace")
+	}
+	h.at(goneGrace)
+	if n := len(h.a.procs) + len(h.a.trees); n != 0 {
+		t.Fatalf("a process gone before confinement stayed in the table (%d entries)", n)
+	}
+}
+
+func TestMassDeadlineOneWake(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	for i := 0; i < 500; i++ {
+		h.exec(1000+i, 1, 0, "restic", "backup")
+	}
+	next, ok := h.a.nextWake()
+	if !ok || next != 5*time.Minute {
+		t.Fatalf("next wake = %v %v", next, ok)
+	}
+	h.at(5 * time.Minute)
+	if n := h.enf.count("signal"); n != 500 {
+		t.Fatalf("one wake-up signalled %d trees, want 500", n)
+	}
+}
+
+func TestLimitMaxTracked(t *testing.T) {
+	h := newHarness(t, "limits: {max_tracked_processes: 2}\n"+resticRule)
+	h.start()
+	for i := 0; i < 5; i++ {
+		h.exec(100+i, 1, 0, "restic", "backup")
+	}
+	if n := len(h.a.procs); n != 2 {
+		t.Fatalf("tracked %d, want the limit 2", n)
+	}
+	if v := testutil.ToFloat64(h.a.m.limitHits.WithLabelValues("max_tracked_processes")); v != 3 {
+		t.Fatalf("limit hits = %v, want 3", v)
+	}
+}
+
+func TestLostEventsResync(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exec(101, 1, 0, "restic", "backup")
+	// 101 died and 102 started while events were lost.
+	h.src.scan = []collector.Process{
+		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0},
+		{PID: 102, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: s, Born: s},
+	}
+	h.send(collector.Event{Type: collector.EventLost, Lost: 7})
+	if got := h.pids(); !slices.Equal(got, []int{100, 102}) {
+		t.Fatalf("after resync = %v, want [100 102]", got)
+	}
+	if v := testutil.ToFloat64(h.a.m.resyncs); v != 1 {
+		t.Fatalf("resyncs = %v", v)
+	}
+	if v := testutil.ToFloat64(h.a.m.lost); v != 7 {
+		t.Fatalf("lost = %v", v)
+	}
+}
+
+// histLines renders the runtime histogram with one observation of v seconds.
+func histLines(rule, outcome string, v float64) string {
+	var b strings.Builder
+	for _, le := range []float64{0.1, 1, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800, 21600, 43200, 86400} {
+		n := 0
+		if v <= le {
+			n = 1
+		}
+		fmt.Fprintf(&b, "overtime_process_runtime_seconds_bucket{outcome=%q,rule=%q,le=\"%g\"} %d\n", outcome, rule, le, n)
+	}
+	fmt.Fprintf(&b, "overtime_process_runtime_seconds_bucket{outcome=%q,rule=%q,le=\"+Inf\"} 1\n", outcome, rule)
+	fmt.Fprintf(&b, "overtime_process_runtime_seconds_sum{outcome=%q,rule=%q} %g\n", outcome, rule, v)
+	fmt.Fprintf(&b, "overtime_process_runtime_seconds_count{outcome=%q,rule=%q} 1\n", outcome, rule)
+	return b.String()
+}

@@ -1,0 +1,275 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"overtime/collector"
+)
+
+// fakeClock is a boot-time clock the test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Duration
+}
+
+func (c *fakeClock) Now() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) set(d time.Duration) {
+	c.mu.Lock()
+	c.now = d
+	c.mu.Unlock()
+}
+
+// fakeSource is a Source fed by the test.
+type fakeSource struct {
+	mu       sync.Mutex
+	scan     []collector.Process
+	tracked  map[int]bool
+	comms    []string
+	all      bool
+	open     map[int][]string
+	events   chan collector.Event
+	scanned  int
+	filterEr error
+}
+
+func newFakeSource() *fakeSource {
+	return &fakeSource{tracked: map[int]bool{}, open: map[int][]string{}, events: make(chan collector.Event, 64)}
+}
+
+func (s *fakeSource) Run(ctx context.Context, out chan<- collector.Event) error {
+	defer close(out)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-s.events:
+			out <- ev
+		}
+	}
+}
+
+func (s *fakeSource) Scan() ([]collector.Process, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scanned++
+	return append([]collector.Process(nil), s.scan...), nil
+}
+
+func (s *fakeSource) SetFilter(comms []string, all bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filterEr != nil {
+		return s.filterEr
+	}
+	s.comms, s.all = comms, all
+	return nil
+}
+
+func (s *fakeSource) Track(pid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tracked[pid] = true
+	return nil
+}
+
+func (s *fakeSource) Untrack(pid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tracked, pid)
+	return nil
+}
+
+func (s *fakeSource) OpenFiles(pid int) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open[pid], nil
+}
+
+// fakeEnforcer records what the agent asked of it.
+type fakeEnforcer struct {
+	mu       sync.Mutex
+	calls    []string
+	members  map[string]map[int]bool
+	adopt    map[string][]int
+	gone     map[int]bool // Confine says these are gone
+	removeFn func(path string) (int64, string, error)
+}
+
+type goneErr struct{}
+
+func (goneErr) Error() string { return "process gone" }
+func (goneErr) Gone() bool    { return true }
+
+func newFakeEnforcer() *fakeEnforcer {
+	return &fakeEnforcer{members: map[string]map[int]bool{}, gone: map[int]bool{}}
+}
+
+func (e *fakeEnforcer) log(format string, args ...any) {
+	e.calls = append(e.calls, fmt.Sprintf(format, args...))
+}
+
+func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gone[pid] {
+		return fmt.Errorf("confine %d: %w", pid, goneErr{})
+	}
+	if e.members[tree] == nil {
+		e.members[tree] = map[int]bool{}
+	}
+	e.members[tree][pid] = true
+	e.log("confine %s %d", tree, pid)
+	return nil
+}
+
+func (e *fakeEnforcer) Forget(tree string, pid int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.members[tree], pid)
+}
+
+func (e *fakeEnforcer) Signal(tree string, sig syscall.Signal) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("signal %s %d", tree, sig)
+	return len(e.members[tree]), nil
+}
+
+func (e *fakeEnforcer) Kill(tree string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("kill %s", tree)
+	return nil
+}
+
+func (e *fakeEnforcer) Release(tree string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("release %s", tree)
+	delete(e.members, tree)
+	return nil
+}
+
+func (e *fakeEnforcer) Adopt() (map[string][]int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.adopt, nil
+}
+
+func (e *fakeEnforcer) Remove(tree, path string, dev, ino uint64, dryRun bool) (int64, string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("remove %s dry=%v", path, dryRun)
+	if e.removeFn != nil {
+		return e.removeFn(path)
+	}
+	return 10, "", nil
+}
+
+func (e *fakeEnforcer) count(prefix string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, c := range e.calls {
+		if len(c) >= len(prefix) && c[:len(prefix)] == prefix {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *fakeEnforcer) callList() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.calls...)
+}
+
+// harness is an agent driven step by step: events and clock by the test.
+type harness struct {
+	t     *testing.T
+	a     *Agent
+	src   *fakeSource
+	enf   *fakeEnforcer
+	clock *fakeClock
+	reg   *prometheus.Registry
+}
+
+func newHarness(t *testing.T, yaml string) *harness {
+	t.Helper()
+	cfg, err := ParseConfig("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
+	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Clock: h.clock, Registry: h.reg, Self: 1})
+	return h
+}
+
+func (h *harness) start() {
+	h.t.Helper()
+	if err := h.a.start(); err != nil {
+		h.t.Fatalf("start: %v", err)
+	}
+}
+
+// at moves the clock to d and runs the timers due.
+func (h *harness) at(d time.Duration) {
+	h.clock.set(d)
+	h.a.mu.Lock()
+	h.a.tick(d)
+	h.a.mu.Unlock()
+}
+
+func (h *harness) send(ev collector.Event) {
+	h.a.mu.Lock()
+	h.a.handle(ev)
+	h.a.mu.Unlock()
+}
+
+func (h *harness) exec(pid, ppid int, at time.Duration, comm string, args ...string) {
+	h.send(collector.Event{Type: collector.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
+		Proc: &collector.Process{PID: pid, PPID: ppid, Comm: comm, Args: append([]string{comm}, args...),
+			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at}})
+}
+
+func (h *harness) fork(child, parent int, at time.Duration) {
+	h.send(collector.Event{Type: collector.EventFork, PID: child, PPID: parent, Time: at, Born: at})
+}
+
+func (h *harness) exit(pid int, at time.Duration, status int) {
+	h.send(collector.Event{Type: collector.EventExit, PID: pid, Time: at, ExitCode: status})
+}
+
+func (h *harness) reap(pid int, at time.Duration) {
+	h.send(collector.Event{Type: collector.EventReap, PID: pid, Time: at})
+}
+
+func (h *harness) states() map[int]State {
+	out := map[int]State{}
+	for _, p := range h.a.Processes() {
+		out[p.PID] = p.State
+	}
+	return out
+}
+
+func (h *harness) pids() []int {
+	var out []int
+	for _, p := range h.a.Processes() {
+		out = append(out, p.PID)
+	}
+	sort.Ints(out)
+	return out
+}

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"sort"
+	"strings"
+
+	"overtime/collector"
+)
+
+// onFile keeps the record of what a tree created: only entries the tree
+// itself made can ever be removed.
+func (a *Agent) onFile(ev collector.Event) {
+	p, ok := a.procs[ev.PID]
+	if !ok || ev.File == nil {
+		return
+	}
+	t, f := p.tree, ev.File
+	switch f.Op {
+	case collector.FileCreate, collector.FileMkdir, collector.FileSymlink, collector.FileLink:
+		delete(t.opened, f.Path)
+		a.addCreated(t, &created{path: f.Path, dev: f.Dev, ino: f.Ino, pid: p.PID})
+	case collector.FileOpen:
+		if _, mine := t.created[f.Path]; !mine && len(t.opened) < a.cfg.Limits.MaxCreatedFiles {
+			t.opened[f.Path] = true
+		}
+	case collector.FileRename:
+		// A temp file renamed to its final name keeps its record; a
+		// renamed directory takes the records below it along.
+		delete(t.created, f.NewPath)
+		if c, ok := t.created[f.Path]; ok {
+			delete(t.created, f.Path)
+			c.path = f.NewPath
+			t.created[f.NewPath] = c
+		}
+		prefix := f.Path + "/"
+		for path, c := range t.created {
+			if strings.HasPrefix(path, prefix) {
+				delete(t.created, path)
+				c.path = f.NewPath + "/" + path[len(prefix):]
+				t.created[c.path] = c
+			}
+		}
+	case collector.FileUnlink:
+		delete(t.created, f.Path)
+		delete(t.opened, f.Path)
+	}
+}
+
+func (a *Agent) addCreated(t *tree, c *created) {
+	if _, ok := t.created[c.path]; !ok && len(t.created) >= a.cfg.Limits.MaxCreatedFiles {
+		a.m.limitHits.WithLabelValues("max_created_files").Inc()
+		a.log.Warn("not recording created file: max_created_files reached",
+			"rule", t.rule.Name, "pid", c.pid, "path", c.path, "limit", a.cfg.Limits.MaxCreatedFiles)
+		return
+	}
+	t.seq++
+	c.seq = t.seq
+	t.created[c.path] = c
+}
+
+// cleanup removes what a dead tree created and its rule names, deepest
+// first (a directory's contents before the directory), newest first among
+// equals. In monitor mode it only checks and reports.
+func (a *Agent) cleanup(t *tree) {
+	r := t.rule
+	if len(r.Cleanup.Paths) == 0 {
+		return
+	}
+	list := make([]*created, 0, len(t.created))
+	for _, c := range t.created {
+		list = append(list, c)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if di, dj := depth(list[i].path), depth(list[j].path); di != dj {
+			return di > dj
+		}
+		return list[i].seq > list[j].seq
+	})
+	for _, c := range list {
+		if !anyPath(r.Cleanup.Paths, c.path) {
+			a.skip(t, c.pid, c.path, "outside_paths")
+			continue
+		}
+		freed, reason, err := a.enf.Remove(t.name, c.path, c.dev, c.ino, a.monitor())
+		switch {
+		case err != nil:
+			a.m.cleanupErrors.WithLabelValues(r.Name).Inc()
+			a.record(t, c.pid, "cleanup", "error", c.path+": "+err.Error())
+			a.log.Error("cleanup failed", "rule", r.Name, "pid", c.pid, "path", c.path, "err", err)
+		case reason != "":
+			a.skip(t, c.pid, c.path, reason)
+		case a.monitor():
+			a.m.cleanupSkipped.WithLabelValues(r.Name, "monitor").Inc()
+			a.record(t, c.pid, "cleanup", "skipped_monitor", "would remove "+c.path)
+			a.log.Warn("would remove (monitor mode)", "rule", r.Name, "pid", c.pid, "path", c.path)
+		default:
+			a.m.removedFiles.WithLabelValues(r.Name).Inc()
+			a.m.removedBytes.WithLabelValues(r.Name).Add(float64(freed))
+			a.record(t, c.pid, "cleanup", "ok", "removed "+c.path)
+			a.log.Info("removed", "rule", r.Name, "pid", c.pid, "path", c.path, "bytes", freed)
+		}
+	}
+	// Files the tree used but did not create are never removed; say so
+	// for the ones the rule names, so a rule that expects them is visible.
+	opened := make([]string, 0, len(t.opened))
+	for path := range t.opened {
+		if anyPath(r.Cleanup.Paths, path) {
+			opened = append(opened, path)
+		}
+	}
+	sort.Strings(opened)
+	for _, path := range opened {
+		a.skip(t, t.rootPID, path, "not_created")
+	}
+}
+
+func (a *Agent) skip(t *tree, pid int, path, reason string) {
+	a.m.cleanupSkipped.WithLabelValues(t.rule.Name, reason).Inc()
+	a.record(t, pid, "cleanup", "skipped", reason+": "+path)
+	a.log.Info("cleanup skipped", "rule", t.rule.Name, "pid", pid, "path", path, "reason", reason)
+}
+
+func anyPath(globs []string, p string) bool {
+	for _, g := range globs {
+		if matchPath(g, p) {
+			return true
+		}
+	}
+	return false
+}

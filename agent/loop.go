@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"overtime/collector"
+)
+
+// eventBatch is how many queued events the loop applies under one lock.
+const eventBatch = 256
+
+// Run starts the source, brings the table up to date with the node and
+// runs the event loop until ctx is done; then it gives every tree still
+// alive back to its original cgroup and removes the cgroups it made.
+func (a *Agent) Run(ctx context.Context) error {
+	events := make(chan collector.Event, 16384)
+	srcCtx, stopSrc := context.WithCancel(context.Background())
+	defer stopSrc()
+	srcDone := make(chan error, 1)
+	go func() { srcDone <- a.src.Run(srcCtx, events) }()
+	// Events that arrive during the scan wait in the channel and are
+	// applied after it: a process seen twice is recognised by its PID.
+	if err := a.start(); err != nil {
+		stopSrc()
+		drain(events)
+		<-srcDone
+		return fmt.Errorf("start: %w", err)
+	}
+	a.ready.Store(true)
+	a.log.Info("ready", "mode", string(a.cfg.Mode), "rules", len(a.cfg.Rules), "tracked", a.trackedCount())
+
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
+	for {
+		a.mu.Lock()
+		now := a.clock.Now()
+		a.tick(now)
+		next, ok := a.nextWake()
+		a.mu.Unlock()
+		var due <-chan time.Time
+		if ok {
+			wake.Reset(max(next-now, 0))
+			due = wake.C
+		}
+		select {
+		case ev, open := <-events:
+			if !open {
+				err := <-srcDone
+				a.ready.Store(false)
+				a.shutdown()
+				if err == nil {
+					err = errors.New("event source stopped")
+				}
+				return err
+			}
+			a.mu.Lock()
+			a.handle(ev)
+			for i := 0; i < eventBatch; i++ {
+				select {
+				case ev, open = <-events:
+					if open {
+						a.handle(ev)
+						continue
+					}
+				default:
+				}
+				break
+			}
+			a.mu.Unlock()
+		case <-due:
+		case reply := <-a.pings:
+			close(reply)
+		case cfg := <-a.reloads:
+			a.apply(cfg)
+		case <-ctx.Done():
+			a.ready.Store(false)
+			stopSrc()
+			drain(events)
+			err := <-srcDone
+			a.shutdown()
+			return err
+		}
+	}
+}
+
+func drain(ch <-chan collector.Event) {
+	for range ch {
+	}
+}
+
+// Reload hands the loop a new config. Trees already tracked keep the rule
+// and deadline they matched with; new processes are matched with the new
+// rules; the mode applies at once.
+func (a *Agent) Reload(cfg *Config) { a.reloads <- cfg }
+
+func (a *Agent) apply(cfg *Config) {
+	comms, all, _ := cfg.Filter()
+	if err := a.src.SetFilter(comms, all); err != nil {
+		a.log.Error("reload: kernel filter not updated; keeping the old config", "err", err)
+		return
+	}
+	a.mu.Lock()
+	old := a.cfg
+	a.cfg = cfg
+	a.mu.Unlock()
+	if cfg.Listen != old.Listen {
+		a.log.Warn("reload: listen address changes only at restart", "listen", old.Listen)
+	}
+	a.log.Info("config reloaded", "mode", string(cfg.Mode), "rules", len(cfg.Rules))
+}
+
+// shutdown gives every tree back: its live members return to the cgroup
+// they came from and the tree cgroups are removed.
+func (a *Agent) shutdown() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, t := range a.trees {
+		if err := a.enf.Release(name); err != nil {
+			a.log.Error("release tree cgroup at stop", "rule", t.rule.Name, "cgroup", name, "err", err)
+		}
+		for pid := range t.members {
+			if err := a.src.Untrack(pid); err != nil {
+				a.log.Debug("untrack", "pid", pid, "err", err)
+			}
+		}
+	}
+	a.log.Info("stopped", "released_trees", len(a.trees))
+}
+
+func (a *Agent) trackedCount() int {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return len(a.procs)
+}

@@ -1,0 +1,191 @@
+package agent
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Descriptors of the gauges built at scrape time from a snapshot of the
+// process table (node_exporter style): they can never disagree with the
+// table, and series of a process vanish with it.
+var (
+	trackedDesc = prometheus.NewDesc("overtime_tracked_processes",
+		"Processes tracked now (alive), by rule.", []string{"rule"}, nil)
+	overdueDesc = prometheus.NewDesc("overtime_overdue_processes",
+		"Tracked processes past their deadline and still alive, by rule.", []string{"rule"}, nil)
+	orphanedDesc = prometheus.NewDesc("overtime_orphaned_processes",
+		"Tracked processes still alive after the process that started them exited, by rule.", []string{"rule"}, nil)
+	zombieDesc = prometheus.NewDesc("overtime_zombie_processes",
+		"Tracked processes that exited and were never reaped by their parent, by rule.", []string{"rule"}, nil)
+	overdueInfoDesc = prometheus.NewDesc("overtime_overdue_process_info",
+		"One series per overdue process still alive (value 1); it goes away with the process.",
+		[]string{"rule", "pid", "comm", "pod_uid", "container_id"}, nil)
+)
+
+// Metrics holds the agent's own series, registered on the registry it is
+// given (never the default one).
+type Metrics struct {
+	capped         *prometheus.CounterVec
+	runtime        *prometheus.HistogramVec
+	timeouts       *prometheus.CounterVec
+	kills          *prometheus.CounterVec
+	killLatency    *prometheus.HistogramVec
+	removedFiles   *prometheus.CounterVec
+	removedBytes   *prometheus.CounterVec
+	cleanupSkipped *prometheus.CounterVec
+	cleanupErrors  *prometheus.CounterVec
+	events         *prometheus.CounterVec
+	lost           prometheus.Counter
+	resyncs        prometheus.Counter
+	limitHits      *prometheus.CounterVec
+	unconfined     *prometheus.CounterVec
+	buildInfo      *prometheus.GaugeVec
+}
+
+// BuildInfo names the running binary.
+type BuildInfo struct {
+	Version, Commit, GoVersion string
+}
+
+// NewMetrics creates the agent's metrics and registers them on reg, with a
+// collector that reads the table t at scrape time (t may be nil, for a
+// registry that only describes).
+func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
+	m := &Metrics{
+		capped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_capped_total",
+			Help: "Processes ended at exec because their rule's max_running was reached.",
+		}, []string{"rule"}),
+		runtime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "overtime_process_runtime_seconds",
+			Help:    "Run time of tracked process trees, observed when the tree ends.",
+			Buckets: []float64{0.1, 1, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600},
+		}, []string{"rule", "outcome"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_timeouts_total",
+			Help: "Process trees that reached their deadline.",
+		}, []string{"rule"}),
+		kills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_kills_total",
+			Help: "Signals sent (or, in monitor mode, not sent) to overdue process trees.",
+		}, []string{"rule", "signal", "result"}),
+		killLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "overtime_kill_latency_seconds",
+			Help:    "Time from deadline + grace to the confirmed exit of the whole tree.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"rule"}),
+		removedFiles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_cleanup_removed_files_total",
+			Help: "Files, symlinks and empty directories removed after their tree ended.",
+		}, []string{"rule"}),
+		removedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_cleanup_removed_bytes_total",
+			Help: "Bytes of regular files removed by cleanup.",
+		}, []string{"rule"}),
+		cleanupSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_cleanup_skipped_total",
+			Help: "Entries cleanup left alone, by reason.",
+		}, []string{"rule", "reason"}),
+		cleanupErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_cleanup_errors_total",
+			Help: "Cleanup removals that failed with an error.",
+		}, []string{"rule"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_events_total",
+			Help: "Events received from the kernel, by type.",
+		}, []string{"type"}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "overtime_events_lost_total",
+			Help: "Events the kernel dropped because the ring buffer was full.",
+		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "overtime_resyncs_total",
+			Help: "Procfs rescans made to reconcile the table after lost events.",
+		}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_limit_hits_total",
+			Help: "Things not tracked because a configured limit was reached, by limit.",
+		}, []string{"limit"}),
+		unconfined: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_unconfined_processes_total",
+			Help: "Tracked processes that could not be moved into their tree's cgroup (ended through pidfds instead).",
+		}, []string{"rule"}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "overtime_build_info",
+			Help: "The running overtime build (value 1).",
+		}, []string{"version", "commit", "goversion"}),
+	}
+	for _, t := range []string{"exec", "fork", "exit", "file"} {
+		m.events.WithLabelValues(t)
+	}
+	m.buildInfo.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
+	reg.MustRegister(m.capped, m.runtime, m.timeouts, m.kills, m.killLatency,
+		m.removedFiles, m.removedBytes, m.cleanupSkipped, m.cleanupErrors,
+		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.buildInfo)
+	return m
+}
+
+// MetricNames lists the name of every metric family the agent exports,
+// from the descriptors registered (so dashboards and alerts are checked
+// against what the agent really serves).
+func MetricNames() []string {
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg, BuildInfo{})
+	reg.MustRegister(&tableCollector{})
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		reg.Describe(ch)
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	for d := range ch {
+		seen[descName(d)] = true
+	}
+	names := make([]string, 0, len(seen))
+	for n := range seen {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// descName reads a descriptor's name from its String form,
+// `Desc{fqName: "name", ...}`: client_golang has no getter for it.
+func descName(d *prometheus.Desc) string {
+	_, rest, _ := strings.Cut(d.String(), `fqName: "`)
+	name, _, _ := strings.Cut(rest, `"`)
+	return name
+}
+
+// tableCollector builds the table gauges at scrape time.
+type tableCollector struct {
+	a *Agent
+}
+
+func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- trackedDesc
+	ch <- overdueDesc
+	ch <- orphanedDesc
+	ch <- zombieDesc
+	ch <- overdueInfoDesc
+}
+
+func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a == nil {
+		return
+	}
+	s := c.a.stats()
+	for _, r := range s.rules {
+		ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(s.tracked[r]), r)
+		ch <- prometheus.MustNewConstMetric(overdueDesc, prometheus.GaugeValue, float64(s.overdue[r]), r)
+		ch <- prometheus.MustNewConstMetric(orphanedDesc, prometheus.GaugeValue, float64(s.orphaned[r]), r)
+		ch <- prometheus.MustNewConstMetric(zombieDesc, prometheus.GaugeValue, float64(s.zombies[r]), r)
+	}
+	for _, p := range s.overdueProcs {
+		ch <- prometheus.MustNewConstMetric(overdueInfoDesc, prometheus.GaugeValue, 1,
+			p.rule, strconv.Itoa(p.pid), p.comm, p.podUID, p.containerID)
+	}
+}

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"overtime/collector"
+)
+
+// State is a tracked process's state, as the API shows it.
+type State string
+
+// The states of the contract.
+const (
+	StateRunning     State = "running"
+	StateOverdue     State = "overdue"
+	StateTerminating State = "terminating"
+	StateKilled      State = "killed"
+	StateExited      State = "exited"
+	StateZombie      State = "zombie"
+)
+
+// zombieAfter is how long an exited process may wait for its parent's
+// wait() before it counts as a zombie: every process is a zombie for a
+// moment, and only the ones nobody reaps matter.
+const zombieAfter = 2 * time.Second
+
+// proc is one tracked process.
+type proc struct {
+	collector.Process
+	tree        *tree
+	podUID      string
+	containerID string
+
+	exited   bool
+	exitAt   time.Duration
+	status   int // wait(2)-style
+	zombie   bool
+	orphaned bool
+}
+
+// tree is a matched process and every process it forked, down the
+// generations: they share a rule, a deadline and a cgroup.
+type tree struct {
+	name     string // the cgroup the enforcer gives it
+	rule     *Rule
+	rootPID  int
+	start    time.Duration // the root's exec time: deadlines count from it
+	deadline time.Duration
+	killAt   time.Duration // deadline + grace
+
+	overdue    bool // the deadline passed
+	signalled  bool // the kill signal was sent (enforce mode)
+	killed     bool // SIGKILL was sent through the cgroup (enforce mode)
+	ended      bool // every member has exited
+	rootStatus int
+	confirmTry int
+
+	members map[int]*proc
+	live    int
+
+	created map[string]*created // by path, in the root's mount namespace
+	opened  map[string]bool     // opened with O_CREAT, but not created by the tree
+	seq     int
+}
+
+// created is a filesystem entry the tree made.
+type created struct {
+	path     string
+	dev, ino uint64
+	pid      int // the member that made it
+	seq      int // creation order
+}
+
+// treeName names a tree's cgroup: overtime.<rule>.<root pid>.<exec time ns>.
+// The agent can rebuild a tree, its rule and its real deadline from the
+// name alone after a restart, so no state file is needed.
+func treeName(rule string, pid int, start time.Duration) string {
+	return fmt.Sprintf("%s.%s.%d.%d", namePrefix, rule, pid, start.Nanoseconds())
+}
+
+// namePrefix starts every cgroup overtime creates.
+const namePrefix = "overtime"
+
+// parseTreeName is the inverse of treeName.
+func parseTreeName(name string) (rule string, pid int, start time.Duration, ok bool) {
+	rest, found := strings.CutPrefix(name, namePrefix+".")
+	if !found {
+		return "", 0, 0, false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 || !ruleName.MatchString(parts[0]) {
+		return "", 0, 0, false
+	}
+	p, err1 := strconv.Atoi(parts[1])
+	ns, err2 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || p <= 0 || ns < 0 {
+		return "", 0, 0, false
+	}
+	return parts[0], p, time.Duration(ns), true
+}
+
+// state is what the API shows for p.
+func (p *proc) state() State {
+	t := p.tree
+	switch {
+	case p.exited && p.zombie:
+		return StateZombie
+	case p.exited && t.killed:
+		return StateKilled
+	case p.exited:
+		return StateExited
+	case t.killed:
+		return StateKilled
+	case t.signalled:
+		return StateTerminating
+	case t.overdue:
+		return StateOverdue
+	}
+	return StateRunning
+}
+
+// depth counts the segments of a path, for removing deepest first.
+func depth(p string) int { return strings.Count(p, "/") }

@@ -1,0 +1,264 @@
+/* common.h: types, kernel struct declarations (CO-RE, only the fields read),
+ * maps and the event layout shared by every hook of overtime.c.
+ *
+ * No vmlinux.h and no <linux/bpf.h>: the few types and constants needed are
+ * declared here so the build needs only libbpf's bpf_helpers.h and
+ * bpf_core_read.h, on any host architecture. The event layout is decoded by
+ * record.go; keep the two in step. */
+#pragma once
+
+typedef unsigned char __u8;
+typedef signed char __s8;
+typedef unsigned short __u16;
+typedef short __s16;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+
+/* The map types and flags used (values are UAPI, fixed forever). */
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+
+struct bpf_raw_tracepoint_args {
+	__u64 args[0];
+};
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+/* ---- kernel structures: only the fields read, relocated by CO-RE ---- */
+
+typedef struct {
+	int counter;
+} atomic_t___ovt;
+
+struct signal_struct {
+	atomic_t___ovt live;
+	int group_exit_code;
+	unsigned int flags;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	unsigned int f_mode;
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int pid;
+	int tgid;
+	int exit_code;
+	__u64 start_boottime;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	struct signal_struct *signal;
+	struct mm_struct *mm;
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+/* include/linux/sched/signal.h; unchanged since 2.6. */
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+/* Tracepoint contexts. The sched_process_exec one is relocated against BTF;
+ * the syscall ones have the fixed layout of every syscalls/ event (see
+ * /sys/kernel/tracing/events/syscalls/x/format): 8 bytes of common fields,
+ * the syscall number, then each argument in 8 bytes. */
+struct trace_event_raw_sched_process_exec {
+	__u32 __data_loc_filename;
+} __attribute__((preserve_access_index));
+
+struct sys_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+/* ---- event layout (little endian; decoded by record.go) ---- */
+
+#define TASK_COMM_LEN 16
+#define FILENAME_MAX_LEN 256
+#define ARGS_MAX_LEN 1024
+#define PATH_MAX_LEN 512
+
+enum event_type {
+	EV_EXEC = 1,
+	EV_FORK = 2,
+	EV_EXIT = 3,
+	EV_REAP = 4,
+	EV_FILE = 5,
+};
+
+/* hdr.trunc bits */
+#define TRUNC_FILENAME 1
+#define TRUNC_ARGS 2
+#define TRUNC_PATH 4
+#define TRUNC_PATH2 8
+
+enum file_op {
+	OP_OPEN = 1, /* an open with O_CREAT (open, openat, openat2, creat) */
+	OP_MKDIR = 2,
+	OP_SYMLINK = 3, /* path: the new link, path2: its target */
+	OP_LINK = 4,    /* path: the existing name, path2: the new one */
+	OP_RENAME = 5,  /* path: old name, path2: new name */
+	OP_UNLINK = 6,  /* unlink, unlinkat (flags: AT_REMOVEDIR) */
+	OP_RMDIR = 7,
+};
+
+struct event_hdr {
+	__u8 type;
+	__u8 op;
+	__u16 trunc;
+	__u32 tgid;
+	__u32 ppid;
+	__u32 tid;
+	__u64 time; /* bpf_ktime_get_boot_ns */
+	__u64 born; /* group leader's start_boottime */
+}; /* 32 bytes */
+
+struct exec_event {
+	struct event_hdr hdr;
+	__u64 cgroup_id;
+	char comm[TASK_COMM_LEN];
+	__u32 filename_len; /* bytes copied, NUL excluded */
+	__u32 args_len;     /* full argv length (arg_end - arg_start) */
+	__u32 args_copied;  /* bytes of args that are valid */
+	__u32 pad;
+	char filename[FILENAME_MAX_LEN];
+	char args[ARGS_MAX_LEN];
+};
+
+struct exit_event {
+	struct event_hdr hdr;
+	__s32 exit_code;
+	__u32 pad;
+};
+
+struct file_event {
+	struct event_hdr hdr;
+	__u32 flags; /* open flags, unlinkat/linkat/renameat2 flags */
+	__u32 f_mode;
+	__s32 dirfd;
+	__s32 dirfd2;
+	__u32 dev; /* kernel dev_t encoding: major << 20 | minor */
+	__u16 path_len;  /* bytes copied, NUL excluded */
+	__u16 path2_len;
+	__u64 ino;
+	char path[PATH_MAX_LEN];
+	char path2[PATH_MAX_LEN];
+};
+
+/* ---- maps ---- */
+
+/* tracked flags */
+#define TRACK_PENDING 1   /* a candidate: matched a comm, user space decides */
+#define TRACK_CONFIRMED 2 /* user space called Track */
+#define TRACK_EXITED 4    /* exit event sent; deleted at reap */
+
+struct tracked_val {
+	__u32 flags;
+};
+
+struct config_val {
+	__u32 pass_all;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* set from Go before load */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, char[TASK_COMM_LEN]);
+	__type(value, __u8);
+} comm_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config_val);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct tracked_val);
+} tracked SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		*n += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline void *reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+	if (!e)
+		count_lost();
+	return e;
+}
+
+static __always_inline void fill_hdr(struct event_hdr *h, __u8 type, __u32 tgid)
+{
+	h->type = type;
+	h->op = 0;
+	h->trunc = 0;
+	h->tgid = tgid;
+	h->ppid = 0;
+	h->tid = 0;
+	h->time = bpf_ktime_get_boot_ns();
+	h->born = 0;
+}

@@ -1,0 +1,75 @@
+/* exec.h: sched_process_exec. The current task is the new program. */
+#pragma once
+#include "common.h"
+
+SEC("tracepoint/sched/sched_process_exec")
+int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	char comm[TASK_COMM_LEN] = {};
+	__u32 zero = 0;
+	int send = 0, track = 0;
+
+	bpf_get_current_comm(comm, sizeof(comm));
+
+	/* (c) a tree member execs another program: keep it, send it. */
+	if (bpf_map_lookup_elem(&tracked, &tgid)) {
+		send = 1;
+	} else if (bpf_map_lookup_elem(&comm_filter, comm)) {
+		/* (a) a candidate: tracked now so that forks made before user
+		 * space decides are not missed; Untrack drops it. */
+		send = 1;
+		track = 1;
+	} else {
+		/* (b) pass_all sends but never tracks. */
+		struct config_val *cfg = bpf_map_lookup_elem(&config, &zero);
+		if (cfg && cfg->pass_all)
+			send = 1;
+	}
+	if (!send)
+		return 0;
+	if (track) {
+		struct tracked_val v = {.flags = TRACK_PENDING};
+		/* NOEXIST: never downgrade an entry user space confirmed. */
+		bpf_map_update_elem(&tracked, &tgid, &v, BPF_NOEXIST);
+	}
+
+	struct exec_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, EV_EXEC, tgid);
+	e->hdr.tid = (__u32)bpf_get_current_pid_tgid();
+	e->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->hdr.born = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	__builtin_memcpy(e->comm, comm, sizeof(comm));
+
+	/* filename: __data_loc is offset (low 16 bits) and length with the
+	 * NUL (high 16 bits) of the string in the trace record. */
+	__u32 loc = BPF_CORE_READ(ctx, __data_loc_filename);
+	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+					   (void *)ctx + (loc & 0xffff));
+	e->filename_len = n > 0 ? n - 1 : 0;
+	if ((loc >> 16) > sizeof(e->filename))
+		e->hdr.trunc |= TRUNC_FILENAME;
+
+	/* argv: NUL-separated strings between mm->arg_start and arg_end. */
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 len = end > start ? end - start : 0;
+	e->args_len = len;
+	e->args_copied = 0;
+	if (len >= ARGS_MAX_LEN) {
+		if (bpf_probe_read_user(e->args, ARGS_MAX_LEN, (void *)start) == 0)
+			e->args_copied = ARGS_MAX_LEN;
+		if (len > ARGS_MAX_LEN)
+			e->hdr.trunc |= TRUNC_ARGS;
+	} else if (len > 0) {
+		__u32 m = len & (ARGS_MAX_LEN - 1);
+		if (bpf_probe_read_user(e->args, m, (void *)start) == 0)
+			e->args_copied = m;
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -1,0 +1,248 @@
+/* files.h: file provenance for tracked processes. Each syscall's sys_enter
+ * stashes its arguments by thread; its sys_exit sends an event when the call
+ * succeeded. For an untracked process the cost is one map lookup.
+ *
+ * Whether an open created its file is decided in user space from f_mode (the
+ * FMODE_CREATED bit is calibrated at start-up, see calibrate.go). */
+#pragma once
+#include "common.h"
+
+#define AT_FDCWD -100
+#define O_WRONLY 01
+#define O_CREAT 0100
+#define O_TRUNC 01000
+
+struct file_stash {
+	__u32 op;
+	__u32 flags;
+	__s32 dirfd;
+	__s32 dirfd2;
+	__u64 path;
+	__u64 path2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct file_stash);
+} file_stash SEC(".maps");
+
+static __always_inline int stash(__u32 op, __s32 dirfd, __u64 path, __s32 dirfd2,
+				 __u64 path2, __u32 flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!bpf_map_lookup_elem(&tracked, &tgid))
+		return 0;
+	struct file_stash s = {
+		.op = op,
+		.flags = flags,
+		.dirfd = dirfd,
+		.dirfd2 = dirfd2,
+		.path = path,
+		.path2 = path2,
+	};
+	bpf_map_update_elem(&file_stash, &id, &s, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void read_open_file(struct file_event *e, long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return;
+	e->f_mode = BPF_CORE_READ(f, f_mode);
+	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+}
+
+static __always_inline int file_exit(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct file_stash *sp = bpf_map_lookup_elem(&file_stash, &id);
+	if (!sp)
+		return 0;
+	struct file_stash s = *sp;
+	/* Always clean the stash, failed call or not. */
+	bpf_map_delete_elem(&file_stash, &id);
+	long ret = ctx->ret;
+	if (ret < 0)
+		return 0;
+
+	struct file_event *e = reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, EV_FILE, id >> 32);
+	e->hdr.op = s.op;
+	e->hdr.tid = (__u32)id;
+	e->flags = s.flags;
+	e->f_mode = 0;
+	e->dirfd = s.dirfd;
+	e->dirfd2 = s.dirfd2;
+	e->dev = 0;
+	e->ino = 0;
+	e->path_len = 0;
+	e->path2_len = 0;
+
+	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)s.path);
+	if (n > 0) {
+		e->path_len = n - 1;
+		/* A full buffer may be an exact fit or a longer path: the bound
+		 * is conservative, a 511-byte path is reported as truncated. */
+		if (n == sizeof(e->path))
+			e->hdr.trunc |= TRUNC_PATH;
+	} else {
+		e->path[0] = 0;
+	}
+	e->path2[0] = 0;
+	if (s.path2) {
+		n = bpf_probe_read_user_str(e->path2, sizeof(e->path2), (void *)s.path2);
+		if (n > 0) {
+			e->path2_len = n - 1;
+			if (n == sizeof(e->path2))
+				e->hdr.trunc |= TRUNC_PATH2;
+		} else {
+			e->path2[0] = 0;
+		}
+	}
+	if (s.op == OP_OPEN)
+		read_open_file(e, ret);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+#define ARG(i) (ctx->args[i])
+
+#define EXIT_PROG(name)                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                      \
+	int tp_exit_##name(struct sys_exit_ctx *ctx) { return file_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int tp_enter_openat(struct sys_enter_ctx *ctx)
+{
+	__u32 flags = ARG(2);
+	if (!(flags & O_CREAT))
+		return 0;
+	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, flags);
+}
+EXIT_PROG(openat)
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int tp_enter_openat2(struct sys_enter_ctx *ctx)
+{
+	__u64 flags = 0; /* struct open_how starts with __u64 flags */
+	if (bpf_probe_read_user(&flags, sizeof(flags), (void *)ARG(2)))
+		return 0;
+	if (!(flags & O_CREAT))
+		return 0;
+	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, (__u32)flags);
+}
+EXIT_PROG(openat2)
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int tp_enter_open(struct sys_enter_ctx *ctx)
+{
+	__u32 flags = ARG(1);
+	if (!(flags & O_CREAT))
+		return 0;
+	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, flags);
+}
+EXIT_PROG(open)
+
+SEC("tracepoint/syscalls/sys_enter_creat")
+int tp_enter_creat(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, O_CREAT | O_WRONLY | O_TRUNC);
+}
+EXIT_PROG(creat)
+
+SEC("tracepoint/syscalls/sys_enter_mkdirat")
+int tp_enter_mkdirat(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_MKDIR, ARG(0), ARG(1), AT_FDCWD, 0, 0);
+}
+EXIT_PROG(mkdirat)
+
+SEC("tracepoint/syscalls/sys_enter_mkdir")
+int tp_enter_mkdir(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_MKDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
+}
+EXIT_PROG(mkdir)
+
+SEC("tracepoint/syscalls/sys_enter_symlinkat")
+int tp_enter_symlinkat(struct sys_enter_ctx *ctx)
+{
+	/* symlinkat(target, newdfd, linkpath) */
+	return stash(OP_SYMLINK, ARG(1), ARG(2), AT_FDCWD, ARG(0), 0);
+}
+EXIT_PROG(symlinkat)
+
+SEC("tracepoint/syscalls/sys_enter_symlink")
+int tp_enter_symlink(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_SYMLINK, AT_FDCWD, ARG(1), AT_FDCWD, ARG(0), 0);
+}
+EXIT_PROG(symlink)
+
+SEC("tracepoint/syscalls/sys_enter_linkat")
+int tp_enter_linkat(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_LINK, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
+}
+EXIT_PROG(linkat)
+
+SEC("tracepoint/syscalls/sys_enter_link")
+int tp_enter_link(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_LINK, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
+}
+EXIT_PROG(link)
+
+SEC("tracepoint/syscalls/sys_enter_renameat2")
+int tp_enter_renameat2(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
+}
+EXIT_PROG(renameat2)
+
+SEC("tracepoint/syscalls/sys_enter_renameat")
+int tp_enter_renameat(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), 0);
+}
+EXIT_PROG(renameat)
+
+SEC("tracepoint/syscalls/sys_enter_rename")
+int tp_enter_rename(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_RENAME, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
+}
+EXIT_PROG(rename)
+
+SEC("tracepoint/syscalls/sys_enter_unlinkat")
+int tp_enter_unlinkat(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_UNLINK, ARG(0), ARG(1), AT_FDCWD, 0, ARG(2));
+}
+EXIT_PROG(unlinkat)
+
+SEC("tracepoint/syscalls/sys_enter_unlink")
+int tp_enter_unlink(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_UNLINK, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
+}
+EXIT_PROG(unlink)
+
+SEC("tracepoint/syscalls/sys_enter_rmdir")
+int tp_enter_rmdir(struct sys_enter_ctx *ctx)
+{
+	return stash(OP_RMDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
+}
+EXIT_PROG(rmdir)

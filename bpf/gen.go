@@ -1,0 +1,5 @@
+//go:build linux
+
+package bpf
+
+//go:generate go tool bpf2go -tags linux -target bpfel -cflags "-O2 -mcpu=v3 -g -Wall -Werror" -go-package bpf overtime overtime.c

@@ -1,0 +1,89 @@
+//go:build linux
+
+package bpf
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestGeneratedUpToDate regenerates the bpf2go outputs into a temp dir with
+// the go:generate line of gen.go and fails if the committed ones differ.
+// Without clang it skips, unless OVERTIME_REQUIRE_CLANG is set (CI).
+func TestGeneratedUpToDate(t *testing.T) {
+	if _, err := exec.LookPath("clang"); err != nil {
+		if os.Getenv("OVERTIME_REQUIRE_CLANG") != "" {
+			t.Fatalf("clang not found and OVERTIME_REQUIRE_CLANG is set: %v", err)
+		}
+		t.Skip("clang not found (set OVERTIME_REQUIRE_CLANG to make this a failure)")
+	}
+	src, err := os.ReadFile("gen.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, line := range strings.Split(string(src), "\n") {
+		if rest, ok := strings.CutPrefix(line, "//go:generate go tool bpf2go "); ok {
+			args, err = splitArgs(rest)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if args == nil {
+		t.Fatal("no go:generate bpf2go line in gen.go")
+	}
+	out := t.TempDir()
+	// Run from this directory, as go generate does, so debug paths match.
+	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", out}, args...)...)
+	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bpf2go: %v\n%s", err, b)
+	}
+	for _, f := range []string{"overtime_bpfel.go", "overtime_bpfel.o"} {
+		want, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("committed %s: %v", f, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s is stale: run go generate ./bpf", f)
+		}
+	}
+}
+
+// splitArgs splits a command line on spaces, honouring double quotes.
+func splitArgs(s string) ([]string, error) {
+	var args []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			inQuote, have = !inQuote, true
+		case r == ' ' && !inQuote:
+			if have {
+				args = append(args, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if inQuote {
+		return nil, os.ErrInvalid
+	}
+	if have {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}

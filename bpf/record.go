@@ -1,0 +1,239 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Type is the kind of a kernel record.
+type Type uint8
+
+// Record types, as in common.h (enum event_type).
+const (
+	TypeExec Type = 1
+	TypeFork Type = 2
+	TypeExit Type = 3
+	TypeReap Type = 4
+	TypeFile Type = 5
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeExec:
+		return "exec"
+	case TypeFork:
+		return "fork"
+	case TypeExit:
+		return "exit"
+	case TypeReap:
+		return "reap"
+	case TypeFile:
+		return "file"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// FileOp is the file operation of a TypeFile record, as in common.h
+// (enum file_op).
+type FileOp uint8
+
+// File operations.
+const (
+	// OpOpen: an open, openat, openat2 or creat with O_CREAT succeeded.
+	// Whether it created the file is told by Flags (O_EXCL) or FMode (the
+	// calibrated FMODE_CREATED bit).
+	OpOpen FileOp = 1
+	// OpMkdir: Path is a new directory.
+	OpMkdir FileOp = 2
+	// OpSymlink: Path is a new symlink, pointing at Path2 (not resolved).
+	OpSymlink FileOp = 3
+	// OpLink: Path2 is a new hard link to Path.
+	OpLink FileOp = 4
+	// OpRename: Path was renamed to Path2 (Flags: renameat2 flags).
+	OpRename FileOp = 5
+	// OpUnlink: Path was removed (Flags: AT_REMOVEDIR for a directory).
+	OpUnlink FileOp = 6
+	// OpRmdir: directory Path was removed.
+	OpRmdir FileOp = 7
+)
+
+func (o FileOp) String() string {
+	switch o {
+	case OpOpen:
+		return "open"
+	case OpMkdir:
+		return "mkdir"
+	case OpSymlink:
+		return "symlink"
+	case OpLink:
+		return "link"
+	case OpRename:
+		return "rename"
+	case OpUnlink:
+		return "unlink"
+	case OpRmdir:
+		return "rmdir"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Bounds of the kernel copies (common.h).
+const (
+	CommLen     = 16
+	FilenameMax = 256
+	ArgsMax     = 1024
+	PathMax     = 512
+)
+
+// Truncation bits of the record header (common.h TRUNC_*).
+const (
+	truncFilename = 1 << iota
+	truncArgs
+	truncPath
+	truncPath2
+)
+
+// Record sizes (common.h); a record shorter than its type's size is
+// malformed.
+const (
+	hdrSize  = 32
+	execSize = hdrSize + 8 + CommLen + 16 + FilenameMax + ArgsMax
+	exitSize = hdrSize + 8
+	fileSize = hdrSize + 24 + 8 + 2*PathMax
+)
+
+// ErrMalformed is returned (wrapped) by Decode for a record it cannot read.
+var ErrMalformed = errors.New("malformed record")
+
+// Record is one decoded kernel record. Its byte slices are reused by the
+// next Decode (or Read) into the same Record: copy what must outlive it.
+type Record struct {
+	Type Type
+	// TGID is the process the record is about (for a fork: the child).
+	TGID uint32
+	// TID is the thread that caused it (the child's for a fork).
+	TID uint32
+	// PPID is the parent's tgid (exec: real_parent; fork: the forking
+	// process).
+	PPID uint32
+	// Born is the process's start time (group leader's start_boottime, ns
+	// on CLOCK_BOOTTIME); /proc/PID/stat starttime in ns.
+	Born uint64
+	// Time is when it happened (ns on CLOCK_BOOTTIME).
+	Time uint64
+
+	// Exec.
+	CgroupID          uint64 // cgroup v2 id (the inode number of its directory)
+	Comm              []byte // no NUL
+	Filename          []byte // the path given to execve, as the kernel saw it
+	FilenameTruncated bool
+	Args              []byte // NUL-separated argv, as much as was copied
+	ArgsLen           uint32 // the full argv length in the process
+	ArgsTruncated     bool
+
+	// Exit: a wait(2)-style status, (code << 8) | signal.
+	ExitCode int32
+
+	// File.
+	FileOp         FileOp
+	Flags          uint32 // open flags; unlinkat, linkat, renameat2 flags
+	FMode          uint32 // struct file f_mode of an open
+	Dirfd, Dirfd2  int32  // dirfds for Path, Path2 (AT_FDCWD = -100)
+	Dev            uint32 // kernel dev_t encoding (major<<20 | minor) of an open's inode
+	Ino            uint64 // an open's inode number
+	Path, Path2    []byte // as passed to the syscall (relative or absolute)
+	PathTruncated  bool   // conservative: set when the path filled its buffer
+	Path2Truncated bool
+}
+
+var le = binary.LittleEndian
+
+// cstr returns b up to its first NUL (or all of it).
+func cstr(b []byte) []byte {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i]
+		}
+	}
+	return b
+}
+
+// Decode reads one raw ring-buffer record into rec, reusing rec's buffers.
+// A short or malformed record is an error wrapping ErrMalformed.
+func Decode(raw []byte, rec *Record) error {
+	if len(raw) < hdrSize {
+		return fmt.Errorf("%w: %d bytes, header needs %d", ErrMalformed, len(raw), hdrSize)
+	}
+	typ := Type(raw[0])
+	trunc := le.Uint16(raw[2:])
+	rec.Type = typ
+	rec.TGID = le.Uint32(raw[4:])
+	rec.PPID = le.Uint32(raw[8:])
+	rec.TID = le.Uint32(raw[12:])
+	rec.Time = le.Uint64(raw[16:])
+	rec.Born = le.Uint64(raw[24:])
+	rec.CgroupID, rec.ExitCode = 0, 0
+	rec.Comm, rec.Filename, rec.Args = rec.Comm[:0], rec.Filename[:0], rec.Args[:0]
+	rec.ArgsLen, rec.FilenameTruncated, rec.ArgsTruncated = 0, false, false
+	rec.FileOp, rec.Flags, rec.FMode, rec.Dirfd, rec.Dirfd2, rec.Dev, rec.Ino = 0, 0, 0, 0, 0, 0, 0
+	rec.Path, rec.Path2 = rec.Path[:0], rec.Path2[:0]
+	rec.PathTruncated, rec.Path2Truncated = false, false
+
+	switch typ {
+	case TypeFork, TypeReap:
+		return nil
+	case TypeExit:
+		if len(raw) < exitSize {
+			return fmt.Errorf("%w: exit record of %d bytes, need %d", ErrMalformed, len(raw), exitSize)
+		}
+		rec.ExitCode = int32(le.Uint32(raw[hdrSize:]))
+		return nil
+	case TypeExec:
+		if len(raw) < execSize {
+			return fmt.Errorf("%w: exec record of %d bytes, need %d", ErrMalformed, len(raw), execSize)
+		}
+		p := raw[hdrSize:]
+		rec.CgroupID = le.Uint64(p)
+		rec.Comm = append(rec.Comm, cstr(p[8:8+CommLen])...)
+		p = p[8+CommLen:]
+		flen, alen, acopied := le.Uint32(p), le.Uint32(p[4:]), le.Uint32(p[8:])
+		if flen > FilenameMax || acopied > ArgsMax || acopied > alen {
+			return fmt.Errorf("%w: exec lengths filename %d args %d/%d", ErrMalformed, flen, acopied, alen)
+		}
+		p = p[16:]
+		rec.Filename = append(rec.Filename, cstr(p[:flen])...)
+		rec.Args = append(rec.Args, p[FilenameMax:FilenameMax+acopied]...)
+		rec.ArgsLen = alen
+		rec.FilenameTruncated = trunc&truncFilename != 0
+		rec.ArgsTruncated = trunc&truncArgs != 0
+		return nil
+	case TypeFile:
+		if len(raw) < fileSize {
+			return fmt.Errorf("%w: file record of %d bytes, need %d", ErrMalformed, len(raw), fileSize)
+		}
+		op := FileOp(raw[1])
+		if op < OpOpen || op > OpRmdir {
+			return fmt.Errorf("%w: file op %d", ErrMalformed, op)
+		}
+		p := raw[hdrSize:]
+		rec.FileOp = op
+		rec.Flags = le.Uint32(p)
+		rec.FMode = le.Uint32(p[4:])
+		rec.Dirfd = int32(le.Uint32(p[8:]))
+		rec.Dirfd2 = int32(le.Uint32(p[12:]))
+		rec.Dev = le.Uint32(p[16:])
+		plen, p2len := int(le.Uint16(p[20:])), int(le.Uint16(p[22:]))
+		rec.Ino = le.Uint64(p[24:])
+		if plen >= PathMax || p2len >= PathMax {
+			return fmt.Errorf("%w: path lengths %d, %d", ErrMalformed, plen, p2len)
+		}
+		p = p[32:]
+		rec.Path = append(rec.Path, cstr(p[:plen])...)
+		rec.Path2 = append(rec.Path2, cstr(p[PathMax:PathMax+p2len])...)
+		rec.PathTruncated = trunc&truncPath != 0
+		rec.Path2Truncated = trunc&truncPath2 != 0
+		return nil
+	}
+	return fmt.Errorf("%w: unknown type %d", ErrMalformed, typ)
+}

@@ -1,0 +1,376 @@
+//go:build linux
+
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// DefaultRingBufferSize is the size of the events ring buffer when
+// Options.RingBufferSize is 0.
+const DefaultRingBufferSize = 8 << 20
+
+// ErrClosed is returned (wrapped) by Read after Close. It is os.ErrClosed.
+var ErrClosed = os.ErrClosed
+
+// btfPath is where the kernel's BTF must be for CO-RE.
+const btfPath = "/sys/kernel/btf/vmlinux"
+
+// Options configure Load.
+type Options struct {
+	// RingBufferSize is the size in bytes of the events ring buffer: a power
+	// of two and a multiple of the page size. 0 means DefaultRingBufferSize.
+	RingBufferSize int
+}
+
+// Tracer owns the loaded programs, their links and maps, and the reader of
+// the events ring buffer. Read must be called from one goroutine at a time;
+// the other methods are safe for concurrent use.
+type Tracer struct {
+	objs   overtimeObjects
+	links  []link.Link
+	rd     *ringbuf.Reader
+	rawRec ringbuf.Record
+
+	// pending holds records read by Calibrate that were not its own; Read
+	// delivers them first, in order.
+	mu      sync.Mutex
+	pending [][]byte
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// probe checks the kernel features overtime needs and names what is
+// missing.
+func probe() error {
+	if _, err := os.Stat(btfPath); err != nil {
+		return fmt.Errorf("kernel BTF missing (%s): CO-RE needs CONFIG_DEBUG_INFO_BTF: %w", btfPath, err)
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		return fmt.Errorf("BPF ring buffer map (kernel >= 5.8) not supported: %w", err)
+	}
+	if err := features.HaveProgramType(ebpf.TracePoint); err != nil {
+		return fmt.Errorf("tracepoint programs not supported: %w", err)
+	}
+	if err := features.HaveProgramType(ebpf.RawTracepoint); err != nil {
+		return fmt.Errorf("raw tracepoint programs not supported: %w", err)
+	}
+	if err := features.HaveV3ISA(); err != nil {
+		return fmt.Errorf("BPF v3 ISA (atomics, kernel >= 5.12) not supported: %w", err)
+	}
+	return nil
+}
+
+func validRingSize(n int) error {
+	page := os.Getpagesize()
+	if n <= 0 || n&(n-1) != 0 || n%page != 0 {
+		return fmt.Errorf("ring buffer size %d: must be a power of two and a multiple of the page size (%d)", n, page)
+	}
+	return nil
+}
+
+// legacySyscalls are the syscalls an architecture may not have (arm64 has
+// only the *at forms); their tracepoints are attached when they exist.
+var legacySyscalls = map[string]bool{
+	"open": true, "creat": true, "mkdir": true, "symlink": true, "link": true,
+	"rename": true, "renameat": true, "unlink": true, "rmdir": true,
+}
+
+// Load checks kernel features, loads the programs and attaches them all.
+func Load(opts Options) (*Tracer, error) {
+	size := opts.RingBufferSize
+	if size == 0 {
+		size = DefaultRingBufferSize
+	}
+	if err := validRingSize(size); err != nil {
+		return nil, err
+	}
+	if err := probe(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	spec, err := loadOvertime()
+	if err != nil {
+		return nil, fmt.Errorf("load BPF spec: %w", err)
+	}
+	spec.Maps[overtimeMapEvents].MaxEntries = uint32(size)
+
+	t := &Tracer{}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load BPF programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load BPF programs: %w", err)
+	}
+	if err := t.attach(spec); err != nil {
+		t.Close()
+		return nil, err
+	}
+	t.rd, err = ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	return t, nil
+}
+
+func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
+	progs := t.programs()
+	// Every program is attached where its section says.
+	for name, ps := range spec.Programs {
+		prog := progs[name]
+		if prog == nil {
+			return fmt.Errorf("attach %s: program not loaded", name)
+		}
+		sec := ps.SectionName
+		switch {
+		case strings.HasPrefix(sec, "tracepoint/"):
+			group, tp, ok := strings.Cut(strings.TrimPrefix(sec, "tracepoint/"), "/")
+			if !ok {
+				return fmt.Errorf("attach %s: bad section %q", name, sec)
+			}
+			l, err := link.Tracepoint(group, tp, prog, nil)
+			if err != nil {
+				if group == "syscalls" && errors.Is(err, os.ErrNotExist) && legacySyscalls[syscallOf(tp)] {
+					continue
+				}
+				return fmt.Errorf("attach %s tracepoint %s/%s: %w", hookName(name), group, tp, err)
+			}
+			t.links = append(t.links, l)
+		case strings.HasPrefix(sec, "raw_tracepoint/"):
+			tp := strings.TrimPrefix(sec, "raw_tracepoint/")
+			l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: prog})
+			if err != nil {
+				return fmt.Errorf("attach %s raw tracepoint %s: %w", hookName(name), tp, err)
+			}
+			t.links = append(t.links, l)
+		default:
+			return fmt.Errorf("attach %s: unknown section %q", name, sec)
+		}
+	}
+	return nil
+}
+
+// programs maps the C name of each loaded program to it.
+func (t *Tracer) programs() map[string]*ebpf.Program {
+	p := &t.objs.overtimePrograms
+	return map[string]*ebpf.Program{
+		overtimeProgTpExec: p.TpExec, overtimeProgTpExit: p.TpExit,
+		overtimeProgRawFork: p.RawFork, overtimeProgRawFree: p.RawFree,
+		overtimeProgTpEnterCreat: p.TpEnterCreat, overtimeProgTpExitCreat: p.TpExitCreat,
+		overtimeProgTpEnterLink: p.TpEnterLink, overtimeProgTpExitLink: p.TpExitLink,
+		overtimeProgTpEnterLinkat: p.TpEnterLinkat, overtimeProgTpExitLinkat: p.TpExitLinkat,
+		overtimeProgTpEnterMkdir: p.TpEnterMkdir, overtimeProgTpExitMkdir: p.TpExitMkdir,
+		overtimeProgTpEnterMkdirat: p.TpEnterMkdirat, overtimeProgTpExitMkdirat: p.TpExitMkdirat,
+		overtimeProgTpEnterOpen: p.TpEnterOpen, overtimeProgTpExitOpen: p.TpExitOpen,
+		overtimeProgTpEnterOpenat: p.TpEnterOpenat, overtimeProgTpExitOpenat: p.TpExitOpenat,
+		overtimeProgTpEnterOpenat2: p.TpEnterOpenat2, overtimeProgTpExitOpenat2: p.TpExitOpenat2,
+		overtimeProgTpEnterRename: p.TpEnterRename, overtimeProgTpExitRename: p.TpExitRename,
+		overtimeProgTpEnterRenameat: p.TpEnterRenameat, overtimeProgTpExitRenameat: p.TpExitRenameat,
+		overtimeProgTpEnterRenameat2: p.TpEnterRenameat2, overtimeProgTpExitRenameat2: p.TpExitRenameat2,
+		overtimeProgTpEnterRmdir: p.TpEnterRmdir, overtimeProgTpExitRmdir: p.TpExitRmdir,
+		overtimeProgTpEnterSymlink: p.TpEnterSymlink, overtimeProgTpExitSymlink: p.TpExitSymlink,
+		overtimeProgTpEnterSymlinkat: p.TpEnterSymlinkat, overtimeProgTpExitSymlinkat: p.TpExitSymlinkat,
+		overtimeProgTpEnterUnlink: p.TpEnterUnlink, overtimeProgTpExitUnlink: p.TpExitUnlink,
+		overtimeProgTpEnterUnlinkat: p.TpEnterUnlinkat, overtimeProgTpExitUnlinkat: p.TpExitUnlinkat,
+	}
+}
+
+// syscallOf returns the syscall of a sys_enter_X / sys_exit_X tracepoint.
+func syscallOf(tp string) string {
+	if s, ok := strings.CutPrefix(tp, "sys_enter_"); ok {
+		return s
+	}
+	s, _ := strings.CutPrefix(tp, "sys_exit_")
+	return s
+}
+
+// hookName names a program for errors: "exec", "fork", "openat enter"...
+func hookName(prog string) string {
+	switch prog {
+	case overtimeProgTpExec:
+		return "exec"
+	case overtimeProgRawFork:
+		return "fork"
+	case overtimeProgTpExit:
+		return "exit"
+	case overtimeProgRawFree:
+		return "free"
+	}
+	if s, ok := strings.CutPrefix(prog, "tp_enter_"); ok {
+		return s + " enter"
+	}
+	if s, ok := strings.CutPrefix(prog, "tp_exit_"); ok {
+		return s + " exit"
+	}
+	return prog
+}
+
+// commKey is the kernel's comm for name: at most 15 bytes, NUL padded.
+func commKey(name string) [CommLen]byte {
+	var k [CommLen]byte
+	copy(k[:CommLen-1], name)
+	return k
+}
+
+// SetFilter replaces the set of comms whose exec is reported (and whose
+// process becomes a tracking candidate). all reports every exec, without
+// tracking it. Comms are truncated to 15 bytes, as the kernel does.
+func (t *Tracer) SetFilter(comms []string, all bool) error {
+	want := make(map[[CommLen]byte]bool, len(comms))
+	for _, c := range comms {
+		want[commKey(c)] = true
+	}
+	// Add before deleting so a comm kept across the change never has a gap.
+	one := uint8(1)
+	for k := range want {
+		if err := t.objs.CommFilter.Put(k, one); err != nil {
+			return fmt.Errorf("set comm filter %q: %w", cstr(k[:]), err)
+		}
+	}
+	var stale [][CommLen]byte
+	var k [CommLen]byte
+	var v uint8
+	it := t.objs.CommFilter.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list comm filter: %w", err)
+	}
+	for _, k := range stale {
+		if err := t.objs.CommFilter.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete comm filter %q: %w", cstr(k[:]), err)
+		}
+	}
+	cfg := overtimeConfigVal{}
+	if all {
+		cfg.PassAll = 1
+	}
+	if err := t.objs.Config.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("set pass-all: %w", err)
+	}
+	return nil
+}
+
+// Tracked flags (common.h TRACK_*).
+const (
+	trackPending   = 1
+	trackConfirmed = 2
+)
+
+// Track marks tgid as tracked: its forks (whose children the kernel tracks
+// too), exit, reap and file changes are reported from now on.
+func (t *Tracer) Track(tgid int) error {
+	if err := t.objs.Tracked.Put(uint32(tgid), overtimeTrackedVal{Flags: trackConfirmed}); err != nil {
+		return fmt.Errorf("track %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// Untrack forgets tgid; an unknown tgid is not an error.
+func (t *Tracer) Untrack(tgid int) error {
+	if err := t.objs.Tracked.Delete(uint32(tgid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("untrack %d: %w", tgid, err)
+	}
+	return nil
+}
+
+// tracked reports whether tgid is in the kernel's tracked map.
+func (t *Tracer) tracked(tgid int) bool {
+	var v overtimeTrackedVal
+	return t.objs.Tracked.Lookup(uint32(tgid), &v) == nil
+}
+
+// Lost returns how many records the kernel could not put in the ring buffer
+// since Load (it only grows).
+func (t *Tracer) Lost() (uint64, error) {
+	var per []uint64
+	if err := t.objs.Lost.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("read lost counter: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// Read blocks for the next record and decodes it into rec, reusing rec's
+// buffers. After Close it returns an error matching ErrClosed (os.ErrClosed).
+// A malformed record is returned as an error wrapping ErrMalformed; the
+// reader stays usable.
+func (t *Tracer) Read(rec *Record) error {
+	t.mu.Lock()
+	if len(t.pending) > 0 {
+		raw := t.pending[0]
+		t.pending = t.pending[1:]
+		t.mu.Unlock()
+		return Decode(raw, rec)
+	}
+	t.mu.Unlock()
+	if err := t.rd.ReadInto(&t.rawRec); err != nil {
+		return fmt.Errorf("read ring buffer: %w", err)
+	}
+	return Decode(t.rawRec.RawSample, rec)
+}
+
+// SetDeadline makes Read return an error matching os.ErrDeadlineExceeded
+// once t has passed and no record is waiting; the zero time removes it. Call
+// it from the goroutine that calls Read, between Reads.
+func (t *Tracer) SetDeadline(d time.Time) {
+	t.rd.SetDeadline(d)
+}
+
+// Wake makes a blocked Read return the records already in the ring buffer,
+// then an error matching ErrFlushed. It is safe to call from any goroutine.
+func (t *Tracer) Wake() error {
+	return t.rd.Flush()
+}
+
+// ErrFlushed is returned (wrapped) by Read after Wake.
+var ErrFlushed = ringbuf.ErrFlushed
+
+// Close detaches every program, closes the maps and unblocks a pending
+// Read. It is safe to call more than once.
+func (t *Tracer) Close() error {
+	t.closeOnce.Do(func() {
+		var errs []error
+		if t.rd != nil {
+			errs = append(errs, t.rd.Close())
+		}
+		// Detaching a tracepoint waits for an RCU grace period; closing the
+		// links one after another takes seconds, concurrently a few ms.
+		linkErrs := make([]error, len(t.links))
+		var wg sync.WaitGroup
+		for i, l := range t.links {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				linkErrs[i] = l.Close()
+			}()
+		}
+		wg.Wait()
+		errs = append(errs, linkErrs...)
+		errs = append(errs, t.objs.Close())
+		t.closeErr = errors.Join(errs...)
+	})
+	return t.closeErr
+}

@@ -1,0 +1,658 @@
+//go:build linux
+
+package bpf
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests run against the real kernel and need root. Every process
+// they start is waited for; every file lives in a t.TempDir.
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs")
+	}
+}
+
+func TestMain(m *testing.M) {
+	// Helper mode: the test binary, copied under a filtered comm, plays a
+	// multi-threaded tracked process.
+	if os.Getenv("OVTEST_HELPER") == "threads" {
+		threadsHelper()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// threadsHelper ends four threads one by one (each with the exit syscall,
+// not exit_group), then the whole group.
+func threadsHelper() {
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A goroutine that returns while locked to its thread ends
+			// the thread.
+			runtime.LockOSThread()
+			time.Sleep(time.Duration(50*(i+1)) * time.Millisecond)
+		}()
+	}
+	wg.Wait()
+	time.Sleep(200 * time.Millisecond)
+	os.Exit(0)
+}
+
+// harness is a loaded tracer with a reader goroutine copying records out.
+type harness struct {
+	tr  *Tracer
+	ch  chan Record
+	got []Record // records seen by wait, in order
+}
+
+func newHarness(t *testing.T, opts Options) *harness {
+	t.Helper()
+	return newHarnessWith(t, opts, nil)
+}
+
+// newHarnessWith runs before (e.g. Calibrate) between Load and the start of
+// the reader goroutine.
+func newHarnessWith(t *testing.T, opts Options, before func(*Tracer)) *harness {
+	t.Helper()
+	needRoot(t)
+	tr, err := Load(opts)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if before != nil {
+		before(tr)
+	}
+	h := &harness{tr: tr, ch: make(chan Record, 4096)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var rec Record
+		for {
+			err := tr.Read(&rec)
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			if err != nil {
+				continue
+			}
+			h.ch <- cloneRecord(&rec)
+		}
+	}()
+	t.Cleanup(func() {
+		tr.Close()
+		<-done
+	})
+	return h
+}
+
+func cloneRecord(r *Record) Record {
+	c := *r
+	c.Comm = bytes.Clone(r.Comm)
+	c.Filename = bytes.Clone(r.Filename)
+	c.Args = bytes.Clone(r.Args)
+	c.Path = bytes.Clone(r.Path)
+	c.Path2 = bytes.Clone(r.Path2)
+	return c
+}
+
+// wait returns the first record (seen before or now) matching match.
+func (h *harness) wait(t *testing.T, what string, match func(*Record) bool) Record {
+	t.Helper()
+	for _, r := range h.got {
+		if match(&r) {
+			return r
+		}
+	}
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-h.ch:
+			h.got = append(h.got, r)
+			if match(&r) {
+				return r
+			}
+		case <-timeout:
+			t.Fatalf("no %s record within 5s", what)
+		}
+	}
+}
+
+// drain collects records for d.
+func (h *harness) drain(d time.Duration) {
+	timeout := time.After(d)
+	for {
+		select {
+		case r := <-h.ch:
+			h.got = append(h.got, r)
+		case <-timeout:
+			return
+		}
+	}
+}
+
+func (h *harness) count(match func(*Record) bool) int {
+	n := 0
+	for _, r := range h.got {
+		if match(&r) {
+			n++
+		}
+	}
+	return n
+}
+
+// copyBinary copies src into dir under name (the comm the kernel will see).
+func copyBinary(t *testing.T, src, dir, name string) string {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	dst := filepath.Join(dir, name)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// startWait starts cmd and registers its wait and kill in cleanup.
+func start(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+}
+
+// statStart reads /proc/PID/stat starttime (clock ticks since boot).
+func statStart(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	v, err := strconv.ParseUint(fields[19], 10, 64) // field 22
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id.
+func cgroupInode(t *testing.T, pid int) uint64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+				var st syscall.Stat_t
+				if syscall.Stat(mnt+"/cgroup.controllers", &st) != nil {
+					continue
+				}
+				if err := syscall.Stat(filepath.Join(mnt, p), &st); err != nil {
+					t.Fatal(err)
+				}
+				return st.Ino
+			}
+		}
+	}
+	t.Fatal("no cgroup v2 membership")
+	return 0
+}
+
+func TestLoadCloseUnblocksRead(t *testing.T) {
+	needRoot(t)
+	tr, err := Load(Options{})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		var rec Record
+		for {
+			if err := tr.Read(&rec); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) || !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("Read after Close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+}
+
+func TestLoadRejectsBadRingSize(t *testing.T) {
+	for _, n := range []int{-1, 1000, 3 * 4096} {
+		if _, err := Load(Options{RingBufferSize: n}); err == nil {
+			t.Errorf("Load(RingBufferSize %d) succeeded", n)
+		}
+	}
+}
+
+func TestExecFilter(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sleep := copyBinary(t, "/bin/sleep", dir, "ovtest-sleep")
+	other := copyBinary(t, "/bin/sleep", dir, "ovtest-other")
+	if err := h.tr.SetFilter([]string{"ovtest-sleep", "ovtest-unused-long-comm-name"}, false); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(sleep, "0.5", "0.1")
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	ticks := statStart(t, pid) // while it is alive
+	cgid := cgroupInode(t, pid)
+	r := h.wait(t, "exec of ovtest-sleep", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if string(r.Comm) != "ovtest-sleep" {
+		t.Errorf("comm %q", r.Comm)
+	}
+	if int(r.PPID) != os.Getpid() {
+		t.Errorf("ppid %d, want %d", r.PPID, os.Getpid())
+	}
+	if string(r.Filename) != sleep {
+		t.Errorf("filename %q, want %q", r.Filename, sleep)
+	}
+	wantArgs := sleep + "\x000.5\x000.1\x00"
+	if string(r.Args) != wantArgs || int(r.ArgsLen) != len(wantArgs) || r.ArgsTruncated {
+		t.Errorf("args %q (len %d, truncated %v), want %q", r.Args, r.ArgsLen, r.ArgsTruncated, wantArgs)
+	}
+	if got := r.Born / uint64(10*time.Millisecond); got != ticks {
+		t.Errorf("born %d ns = %d ticks, /proc starttime %d", r.Born, got, ticks)
+	}
+	if r.Time < r.Born {
+		t.Errorf("exec time %d before born %d", r.Time, r.Born)
+	}
+	if r.CgroupID != cgid {
+		t.Errorf("cgroup id %d, want inode %d", r.CgroupID, cgid)
+	}
+	// A matched exec is a tracking candidate until Untrack; its exit is
+	// reported.
+	h.wait(t, "exit of the candidate", func(r *Record) bool { return r.Type == TypeExit && r.TGID == uint32(pid) })
+
+	// A comm not in the filter: no record at all.
+	cmd = exec.Command(other, "0.1")
+	start(t, cmd)
+	opid := cmd.Process.Pid
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.drain(500 * time.Millisecond)
+	if n := h.count(func(r *Record) bool { return r.TGID == uint32(opid) }); n != 0 {
+		t.Errorf("%d records for unfiltered comm ovtest-other", n)
+	}
+	if h.tr.tracked(opid) {
+		t.Error("unfiltered process tracked")
+	}
+
+	// An empty filter stops the first one too.
+	if err := h.tr.SetFilter(nil, false); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(sleep, "0")
+	start(t, cmd)
+	spid := cmd.Process.Pid
+	cmd.Wait()
+	h.drain(300 * time.Millisecond)
+	if n := h.count(func(r *Record) bool { return r.TGID == uint32(spid) }); n != 0 {
+		t.Errorf("%d records after the filter was emptied", n)
+	}
+}
+
+func TestArgsTruncated(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sleep := copyBinary(t, "/bin/sleep", dir, "ovtest-sleep")
+	if err := h.tr.SetFilter([]string{"ovtest-sleep"}, false); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", 2000) // not a number: sleep fails at once
+	cmd := exec.Command(sleep, "0", long)
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	cmd.Wait() // fails: bad argument
+	r := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
+	want := len(sleep) + 1 + 2 + len(long) + 1
+	if !r.ArgsTruncated || len(r.Args) != ArgsMax || int(r.ArgsLen) != want {
+		t.Errorf("truncated %v, copied %d, len %d (want %d)", r.ArgsTruncated, len(r.Args), r.ArgsLen, want)
+	}
+	h.tr.Untrack(pid)
+}
+
+func TestForkExitReap(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sh, "-c", "sleep 0.3 & sleep 0.3 & wait")
+	start(t, cmd)
+	pid := uint32(cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, "reap of sh", func(r *Record) bool { return r.Type == TypeReap && r.TGID == pid })
+	h.drain(200 * time.Millisecond)
+
+	var kids []uint32
+	for _, r := range h.got {
+		if r.Type == TypeFork && r.PPID == pid {
+			kids = append(kids, r.TGID)
+			if r.Born == 0 || r.Time < r.Born {
+				t.Errorf("fork of %d: born %d time %d", r.TGID, r.Born, r.Time)
+			}
+		}
+	}
+	if len(kids) != 2 {
+		t.Fatalf("%d fork records from sh %d, want 2: %+v", len(kids), pid, h.got)
+	}
+	for _, k := range append(kids, pid) {
+		is := func(typ Type) func(*Record) bool {
+			return func(r *Record) bool { return r.Type == typ && r.TGID == k }
+		}
+		if n := h.count(is(TypeExit)); n != 1 {
+			t.Errorf("pid %d: %d exit records, want 1", k, n)
+		}
+		if n := h.count(is(TypeReap)); n != 1 {
+			t.Errorf("pid %d: %d reap records, want 1", k, n)
+		}
+		exit := h.wait(t, "exit", is(TypeExit))
+		if exit.ExitCode != 0 {
+			t.Errorf("pid %d exit code %d", k, exit.ExitCode)
+		}
+		reap := h.wait(t, "reap", is(TypeReap))
+		if reap.Time < exit.Time {
+			t.Errorf("pid %d reaped (%d) before exit (%d)", k, reap.Time, exit.Time)
+		}
+		if h.tr.tracked(int(k)) {
+			t.Errorf("pid %d still in tracked after reap", k)
+		}
+	}
+	for _, k := range kids {
+		// The children exec'd sleep: a tree member's exec is reported
+		// though "sleep" is not in the filter.
+		r := h.wait(t, "child exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == k })
+		if string(r.Comm) != "sleep" || r.PPID != pid {
+			t.Errorf("child exec comm %q ppid %d", r.Comm, r.PPID)
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		script string
+		kill   bool
+		want   int32
+	}{
+		{script: "exit 3", want: 3 << 8},
+		{script: "exit 0", want: 0},
+		{script: "kill -TERM $$", want: int32(syscall.SIGTERM)},
+		{script: "exec sleep 10", kill: true, want: int32(syscall.SIGKILL)},
+	} {
+		cmd := exec.Command(sh, "-c", tc.script)
+		start(t, cmd)
+		pid := uint32(cmd.Process.Pid)
+		if tc.kill {
+			h.wait(t, "exec of sleep", func(r *Record) bool { return r.Type == TypeExec && r.TGID == pid && string(r.Comm) == "sleep" })
+			cmd.Process.Kill()
+		}
+		cmd.Wait()
+		r := h.wait(t, "exit", func(r *Record) bool { return r.Type == TypeExit && r.TGID == pid })
+		if r.ExitCode != tc.want {
+			t.Errorf("%q: exit code %#x, want %#x", tc.script, r.ExitCode, tc.want)
+		}
+		ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if int32(ws) != r.ExitCode {
+			t.Errorf("%q: exit code %#x, wait status %#x", tc.script, r.ExitCode, int32(ws))
+		}
+	}
+}
+
+func TestMultithreadedExitOnce(t *testing.T) {
+	h := newHarness(t, Options{})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := copyBinary(t, self, t.TempDir(), "ovtest-mt")
+	if err := h.tr.SetFilter([]string{"ovtest-mt"}, false); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "OVTEST_HELPER=threads")
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	execRec := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
+	// Count threads while it runs: it must really be multi-threaded.
+	time.Sleep(30 * time.Millisecond)
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, "reap", func(r *Record) bool { return r.Type == TypeReap && r.TGID == uint32(pid) })
+	if len(tasks) < 5 {
+		t.Fatalf("helper had %d threads, want >= 5", len(tasks))
+	}
+	if n := h.count(func(r *Record) bool { return r.Type == TypeExit && r.TGID == uint32(pid) }); n != 1 {
+		t.Errorf("%d exit records for a %d-thread process, want 1", n, len(tasks))
+	}
+	exit := h.wait(t, "exit", func(r *Record) bool { return r.Type == TypeExit && r.TGID == uint32(pid) })
+	// The threads ended over 200ms, the group 200ms after: the exit record
+	// must come from the end of the group, not the first thread.
+	if d := time.Duration(exit.Time - execRec.Time); d < 400*time.Millisecond {
+		t.Errorf("exit %v after exec, before the group ended", d)
+	}
+}
+
+func TestCalibrateAndFiles(t *testing.T) {
+	var mask uint32
+	var calErr error
+	h := newHarnessWith(t, Options{}, func(tr *Tracer) {
+		// Calibrate runs before the consumer, as documented.
+		mask, calErr = tr.Calibrate(t.TempDir())
+	})
+	if calErr != nil {
+		t.Fatalf("Calibrate: %v", calErr)
+	}
+	if mask != 0x100000 {
+		t.Errorf("FMODE_CREATED mask %#x, KERNEL-NOTES measured 0x100000 on 6.18", mask)
+	}
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	work := filepath.Join(dir, "work")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+		t.Fatal(err)
+	}
+	script := `cd "$1" && echo a > f && echo b >> f && echo c > f && mkdir d && ln -s f l && ln f hard && mv f g && rm g l hard && rmdir d && echo x > ` + filepath.Join(work, "abs")
+	cmd := exec.Command(sh, "-c", script, "sh", work)
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("script: %v", err)
+	}
+	h.wait(t, "reap", func(r *Record) bool { return r.Type == TypeReap && r.TGID == uint32(pid) })
+
+	var files []Record
+	for _, r := range h.got {
+		if r.Type == TypeFile {
+			files = append(files, r)
+		}
+	}
+	lookup := func(op FileOp, path string) *Record {
+		for i := range files {
+			if files[i].FileOp == op && string(files[i].Path) == path {
+				return &files[i]
+			}
+		}
+		return nil
+	}
+	find := func(op FileOp, path string, nth int) *Record {
+		for i := range files {
+			if files[i].FileOp == op && string(files[i].Path) == path {
+				if nth == 0 {
+					return &files[i]
+				}
+				nth--
+			}
+		}
+		t.Errorf("no %v #%d of %q in %d file records", op, nth, path, len(files))
+		return nil
+	}
+	const oCreat, oAppend, oTrunc = 0o100, 0o2000, 0o1000
+	created := find(OpOpen, "f", 0)
+	appended := find(OpOpen, "f", 1)
+	truncated := find(OpOpen, "f", 2)
+	if created != nil && appended != nil && truncated != nil {
+		if created.FMode&mask == 0 || appended.FMode&mask != 0 || truncated.FMode&mask != 0 {
+			t.Errorf("f_mode created %#x appended %#x truncated %#x, mask %#x", created.FMode, appended.FMode, truncated.FMode, mask)
+		}
+		if created.Flags&oCreat == 0 || appended.Flags&oAppend == 0 || truncated.Flags&oTrunc == 0 {
+			t.Errorf("open flags %#o %#o %#o", created.Flags, appended.Flags, truncated.Flags)
+		}
+		if created.Dirfd != -100 {
+			t.Errorf("dirfd %d, want AT_FDCWD", created.Dirfd)
+		}
+		if created.Ino == 0 || created.Ino != appended.Ino || created.Dev == 0 {
+			t.Errorf("inodes %d %d dev %#x", created.Ino, appended.Ino, created.Dev)
+		}
+		// The kernel dev encoding is major<<20|minor; check against stat
+		// of the work dir (same filesystem).
+		var st syscall.Stat_t
+		syscall.Stat(work, &st)
+		major, minor := (st.Dev>>8)&0xfff|(st.Dev>>32)&^0xfff, st.Dev&0xff|(st.Dev>>12)&^0xff
+		if uint64(created.Dev) != major<<20|minor {
+			t.Errorf("dev %#x, stat says %d:%d", created.Dev, major, minor)
+		}
+	}
+	if r := find(OpMkdir, "d", 0); r != nil && r.Dirfd != -100 {
+		t.Errorf("mkdir dirfd %d", r.Dirfd)
+	}
+	if r := find(OpSymlink, "l", 0); r != nil && string(r.Path2) != "f" {
+		t.Errorf("symlink target %q", r.Path2)
+	}
+	if r := find(OpLink, "f", 0); r != nil && string(r.Path2) != "hard" {
+		t.Errorf("link new name %q", r.Path2)
+	}
+	if r := find(OpRename, "f", 0); r != nil && string(r.Path2) != "g" {
+		t.Errorf("rename to %q", r.Path2)
+	}
+	for _, p := range []string{"g", "l", "hard"} {
+		find(OpUnlink, p, 0)
+	}
+	// rmdir(1) calls rmdir(2); unlinkat(AT_REMOVEDIR) would do too.
+	if lookup(OpRmdir, "d") == nil && lookup(OpUnlink, "d") == nil {
+		t.Errorf("no rmdir of d")
+	}
+	if r := find(OpOpen, filepath.Join(work, "abs"), 0); r != nil && r.FMode&mask == 0 {
+		t.Errorf("absolute create f_mode %#x", r.FMode)
+	}
+	// Opens without O_CREAT are not reported (sh opened its binary, libc...).
+	for _, r := range files {
+		if r.FileOp == OpOpen && r.Flags&oCreat == 0 {
+			t.Errorf("open without O_CREAT reported: %q %#o", r.Path, r.Flags)
+		}
+	}
+}
+
+func TestLostCounter(t *testing.T) {
+	needRoot(t)
+	// No reader while the burst runs: one page of ring buffer holds three
+	// file records.
+	tr, err := Load(Options{RingBufferSize: os.Getpagesize()})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	defer tr.Close()
+	before, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sh, "-c", `cd "$1" && i=0; while [ $i -lt 50 ]; do : > f$i; i=$((i+1)); done`, "sh", dir)
+	start(t, cmd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 50 creates, an exec, an exit and a reap: at most 3 fit.
+	if after-before < 45 {
+		t.Errorf("lost %d -> %d: want at least 45 of the burst lost", before, after)
+	}
+	// What did fit is still readable.
+	var rec Record
+	if err := tr.Read(&rec); err != nil {
+		t.Fatalf("Read after overflow: %v", err)
+	}
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"overtime/agent"
+	"overtime/bpf"
+	"overtime/collector"
+	"overtime/enforcer"
+)
+
+type runFlags struct {
+	config, listen, mode, logFormat, logLevel string
+	ringBuffer                                int
+	pprof                                     bool
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	var f runFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", "", "config file (default: the embedded default rules)")
+	fs.StringVar(&f.listen, "listen", "", "address for metrics and the API (overrides the file)")
+	fs.StringVar(&f.mode, "mode", "", "enforce or monitor (overrides the file)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: json or text")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.IntVar(&f.ringBuffer, "ring-buffer-size", 8<<20, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "overtime run: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "overtime run:", err)
+		return exitUsage
+	}
+	if f.ringBuffer < 4096 || f.ringBuffer&(f.ringBuffer-1) != 0 {
+		fmt.Fprintf(stderr, "overtime run: --ring-buffer-size %d: must be a power of two of at least 4096\n", f.ringBuffer)
+		return exitUsage
+	}
+	cfg, err := f.load()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+
+	// Before anything else runs: cgroup paths and moves are only right from
+	// the host's cgroup namespace (this may re-execute the binary).
+	if err := enforcer.JoinHostCgroupNamespace("/proc"); errors.Is(err, enforcer.ErrHostCgroupNSUnknown) {
+		log.Warn("running in the cgroup namespace the agent was started in", "err", err)
+	} else if err != nil {
+		log.Error("cannot run in the host cgroup namespace", "err", err)
+		return exitFailure
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, f, log); err != nil {
+		log.Error("overtime stopped on an error", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// load reads the config and applies the flags that override it.
+func (f *runFlags) load() (*agent.Config, error) {
+	cfg, err := loadConfig(f.config)
+	if err != nil {
+		return nil, err
+	}
+	if f.listen != "" {
+		cfg.Listen = f.listen
+	}
+	switch agent.Mode(f.mode) {
+	case "":
+	case agent.ModeEnforce, agent.ModeMonitor:
+		cfg.Mode = agent.Mode(f.mode)
+	default:
+		return nil, fmt.Errorf("overtime run: --mode %q: use enforce or monitor", f.mode)
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use json or text", format)
+}
+
+// serve builds the parts, serves HTTP and runs the agent until ctx is done.
+func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger) error {
+	enf, err := enforcer.New(enforcer.Options{Logger: log})
+	if err != nil {
+		return fmt.Errorf("cgroups: %w", err)
+	}
+	procfs, err := collector.NewProcfs("/proc", enf.V1())
+	if err != nil {
+		return err
+	}
+	tracer, err := bpf.Load(bpf.Options{RingBufferSize: f.ringBuffer})
+	if err != nil {
+		return fmt.Errorf("eBPF: %w", err)
+	}
+	defer tracer.Close()
+	src := collector.NewSource(tracer, procfs, log)
+
+	reg := prometheus.NewRegistry()
+	a := agent.New(agent.Options{
+		Config: cfg, Source: src, Enforcer: enf, Clock: collector.BootClock{},
+		Logger: log, Registry: reg, Build: buildInfo(),
+	})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", readOnly(a.Handler(reg)))
+	if f.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	log.Info("overtime starting", "version", version, "mode", string(cfg.Mode), "listen", ln.Addr().String(),
+		"cgroup_mode", enf.Mode(), "rules", len(cfg.Rules))
+
+	go reloadOnHUP(ctx, f, a, log)
+
+	runErr := a.Run(ctx)
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	return runErr
+}
+
+// reloadOnHUP re-reads the config file on SIGHUP; a bad file keeps the
+// rules in force and says why.
+func reloadOnHUP(ctx context.Context, f runFlags, a *agent.Agent, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if f.config == "" {
+			log.Warn("SIGHUP: no --config file to reload; running the embedded defaults")
+			continue
+		}
+		cfg, err := f.load()
+		if err != nil {
+			log.Error("SIGHUP: config not reloaded; keeping the rules in force", "err", strings.ReplaceAll(err.Error(), "\n", "; "))
+			continue
+		}
+		a.Reload(cfg)
+	}
+}
+
+// readOnly refuses every method but GET and HEAD: the API changes nothing.
+func readOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "read-only API", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,290 @@
+package enforcer
+
+import (
+	"errors"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// killTreeTest is the kill path shared by v2 and v1: a root that ignores
+// TERM and two children, all confined; TERM reaches 3 and spares the root;
+// Kill ends all 3 and spares a neighbour in the same parent cgroup; Release
+// removes the tree cgroup.
+func killTreeTest(t *testing.T, v1 bool, mode string) {
+	p := newParent(t, v1)
+	e := newEnforcer(t, mode)
+	if e.V1() != v1 {
+		t.Fatalf("V1() = %v, want %v (mode %s)", e.V1(), v1, e.Mode())
+	}
+	root := start(t, p, treeScript)
+	neighbour := start(t, p, "exec sleep 100")
+	kids := children(t, root.pid, 2)
+	name := treeName(t, e)
+	confine(t, e, name, root, kids[0], kids[1])
+
+	treeDir := filepath.Join(p.dir(), name)
+	got := sortedInts(readPids(treeDir))
+	want := sortedInts([]int{root.pid, kids[0].pid, kids[1].pid})
+	if !slices.Equal(got, want) {
+		t.Fatalf("tree cgroup holds %v, want %v", got, want)
+	}
+	if c := cgroupPath(t, neighbour.pid, v1); c != p.group {
+		t.Fatalf("neighbour moved to %s", c)
+	}
+
+	n, err := e.Signal(name, unix.SIGTERM)
+	if err != nil || n != 3 {
+		t.Fatalf("Signal TERM = %d, %v; want 3", n, err)
+	}
+	for _, k := range kids {
+		if !k.waitExit(5 * time.Second) {
+			t.Fatalf("child %d survived TERM", k.pid)
+		}
+	}
+	if root.waitExit(200 * time.Millisecond) {
+		t.Fatal("root died of TERM it traps")
+	}
+
+	if err := e.Kill(name); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	for _, q := range []*proc{root, kids[0], kids[1]} {
+		if !q.waitExit(5 * time.Second) {
+			t.Fatalf("pid %d survived Kill", q.pid)
+		}
+	}
+	if !neighbour.alive() {
+		t.Fatal("neighbour killed")
+	}
+	if err := e.Release(name); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if _, err := os.Stat(treeDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tree cgroup still there: %v", err)
+	}
+	if err := e.Release(name); err != nil {
+		t.Fatalf("second Release: %v", err)
+	}
+	if !neighbour.alive() {
+		t.Fatal("neighbour killed by Release")
+	}
+}
+
+func TestKillTreeV2(t *testing.T) { killTreeTest(t, false, ModeHybrid) }
+
+func TestKillTreeV1Freezer(t *testing.T) { killTreeTest(t, true, ModeLegacy) }
+
+// failAdd refuses to move one PID, as a v2 "no internal processes" EBUSY
+// would.
+type failAdd struct {
+	hierarchy
+	pid int
+}
+
+func (f failAdd) add(group string, pid int) error {
+	if pid == f.pid {
+		return unix.EBUSY
+	}
+	return f.hierarchy.add(group, pid)
+}
+
+// Moving a PID moves that process only: children it forked earlier stay
+// behind until they are confined themselves, and one that cannot be moved
+// is still killed through its pidfd.
+func TestChildrenForkedBeforeMoveStayOutside(t *testing.T) {
+	p := newParent(t, false)
+	e := newEnforcer(t, ModeHybrid)
+	root := start(t, p, treeScript)
+	kids := children(t, root.pid, 2)
+	name := treeName(t, e)
+	confine(t, e, name, root)
+
+	group := path.Join(p.group, name)
+	if c := cgroupPath(t, root.pid, false); c != group {
+		t.Fatalf("root in %s, want %s", c, group)
+	}
+	for _, k := range kids {
+		if c := cgroupPath(t, k.pid, false); c != p.group {
+			t.Fatalf("child %d in %s, want it left in %s", k.pid, c, p.group)
+		}
+	}
+
+	confine(t, e, name, kids[0])
+	if c := cgroupPath(t, kids[0].pid, false); c != group {
+		t.Fatalf("confined child in %s", c)
+	}
+	e.h = failAdd{hierarchy: e.h, pid: kids[1].pid}
+	err := e.Confine(name, kids[1].pid, born(t, kids[1].pid))
+	if !errors.Is(err, ErrUnconfined) {
+		t.Fatalf("Confine of unmovable child = %v, want ErrUnconfined", err)
+	}
+	if c := cgroupPath(t, kids[1].pid, false); c != p.group {
+		t.Fatalf("unmovable child in %s", c)
+	}
+
+	if err := e.Kill(name); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	for _, q := range []*proc{root, kids[0], kids[1]} {
+		if !q.waitExit(5 * time.Second) {
+			t.Fatalf("pid %d survived Kill", q.pid)
+		}
+	}
+}
+
+// Without confining, cgroup.kill alone misses children forked before the
+// move: this is what the previous test guards against.
+func TestKillWithoutChildrenMissesThem(t *testing.T) {
+	p := newParent(t, false)
+	e := newEnforcer(t, ModeHybrid)
+	root := start(t, p, treeScript)
+	kids := children(t, root.pid, 2)
+	name := treeName(t, e)
+	confine(t, e, name, root)
+	if err := e.Kill(name); err != nil {
+		t.Fatal(err)
+	}
+	if !root.waitExit(5 * time.Second) {
+		t.Fatal("root survived")
+	}
+	if !kids[0].alive() || !kids[1].alive() {
+		t.Fatal("an unconfined child died: the tree cgroup held more than the root")
+	}
+}
+
+func TestPIDReuseGuard(t *testing.T) {
+	p := newParent(t, false)
+	e := newEnforcer(t, ModeHybrid)
+	q := start(t, p, "exec sleep 100")
+	waitForComm(t, q.pid, "sleep")
+	name := treeName(t, e)
+	err := e.Confine(name, q.pid, born(t, q.pid)+time.Second)
+	if !errors.Is(err, ErrPIDReused) {
+		t.Fatalf("Confine with wrong start time = %v, want ErrPIDReused", err)
+	}
+	var g interface{ Gone() bool }
+	if !errors.As(err, &g) || !g.Gone() {
+		t.Fatalf("Confine of a reused PID does not say the process is gone: %v", err)
+	}
+	if c := cgroupPath(t, q.pid, false); c != p.group {
+		t.Fatalf("process moved to %s", c)
+	}
+	if _, err := os.Stat(filepath.Join(p.dir(), name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tree cgroup created: %v", err)
+	}
+	if _, err := e.Signal(name, 0); !errors.Is(err, ErrUnknownTree) {
+		t.Fatalf("refused pid left a tree behind: %v", err)
+	}
+	// The right start time is accepted.
+	confine(t, e, name, q)
+}
+
+func TestReleaseGivesMembersBack(t *testing.T) {
+	for _, v1 := range []bool{false, true} {
+		mode := ModeHybrid
+		if v1 {
+			mode = ModeLegacy
+		}
+		t.Run(mode, func(t *testing.T) {
+			p := newParent(t, v1)
+			e := newEnforcer(t, mode)
+			q := start(t, p, "exec sleep 100")
+			name := treeName(t, e)
+			confine(t, e, name, q)
+			if c := cgroupPath(t, q.pid, v1); c != path.Join(p.group, name) {
+				t.Fatalf("in %s before Release", c)
+			}
+			if err := e.Release(name); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			if !q.alive() {
+				t.Fatal("member died")
+			}
+			if c := cgroupPath(t, q.pid, v1); c != p.group {
+				t.Fatalf("member in %s after Release, want %s", c, p.group)
+			}
+			if _, err := os.Stat(filepath.Join(p.dir(), name)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("tree cgroup still there: %v", err)
+			}
+		})
+	}
+}
+
+// A second instance (the agent after a crash) finds the tree cgroup the
+// first left, kills through it and removes it.
+func TestAdoptAfterCrash(t *testing.T) {
+	p := newParent(t, false)
+	e1 := newEnforcer(t, ModeHybrid)
+	root := start(t, p, treeScript)
+	kids := children(t, root.pid, 2)
+	name := treeName(t, e1)
+	confine(t, e1, name, root, kids[0], kids[1])
+
+	e2 := newEnforcer(t, ModeHybrid)
+	t.Cleanup(func() { _ = e2.Release(name) })
+	found, err := e2.Adopt()
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	want := sortedInts([]int{root.pid, kids[0].pid, kids[1].pid})
+	if got := sortedInts(found[name]); !slices.Equal(got, want) {
+		t.Fatalf("Adopt found %v for %s, want %v", got, name, want)
+	}
+	for n := range found {
+		if len(n) < len("overtime.") || n[:len("overtime.")] != "overtime." {
+			t.Fatalf("Adopt returned a foreign cgroup %q", n)
+		}
+	}
+	// Adopted members are watched when confined again (already inside).
+	confine(t, e2, name, root)
+	if err := e2.Kill(name); err != nil {
+		t.Fatalf("Kill adopted: %v", err)
+	}
+	for _, q := range []*proc{root, kids[0], kids[1]} {
+		if !q.waitExit(5 * time.Second) {
+			t.Fatalf("pid %d survived Kill", q.pid)
+		}
+	}
+	if err := e2.Release(name); err != nil {
+		t.Fatalf("Release adopted: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(p.dir(), name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tree cgroup still there: %v", err)
+	}
+}
+
+func TestNewRejectsBadMode(t *testing.T) {
+	if _, err := New(Options{Mode: "bogus"}); err == nil {
+		t.Fatal("bogus mode accepted")
+	}
+	if _, err := New(Options{Mode: ModeLegacy, Root: t.TempDir()}); err == nil {
+		t.Fatal("a plain directory accepted as the freezer mount")
+	}
+}
+
+func TestParseCgroupFile(t *testing.T) {
+	const f = "12:freezer,cpu:/a/b\n0::/x/y\n"
+	for _, tc := range []struct {
+		in   string
+		v1   bool
+		want string
+		ok   bool
+	}{
+		{f, false, "/x/y", true},
+		{f, true, "/a/b", true},
+		{"0::/../../z\n", false, "", false},
+		{"1:name=systemd:/\n", false, "", false},
+		{"1:name=systemd:/\n", true, "", false},
+	} {
+		got, err := parseCgroupFile(tc.in, tc.v1)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseCgroupFile(%q, %v) = %q, %v", tc.in, tc.v1, got, err)
+		}
+	}
+}

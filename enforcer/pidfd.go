@@ -1,0 +1,151 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// userHZ is the unit of /proc/PID/stat starttime. It is fixed at 100 in the
+// kernel ABI (USER_HZ) regardless of CONFIG_HZ.
+const userHZ = 100
+
+// bornTicks converts a boot-clock start time to the clock ticks that
+// /proc/PID/stat reports, truncating as the kernel does.
+func bornTicks(born time.Duration) uint64 {
+	return uint64(born.Nanoseconds() / (int64(time.Second) / userHZ))
+}
+
+// startTicks reads field 22 (starttime) of procRoot/PID/stat. The comm field
+// may hold spaces and parentheses, so parsing starts after the last ')'.
+func startTicks(procRoot string, pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse stat of pid %d: no comm", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state), so field 22 is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f))
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// openPidfd opens a pidfd for pid and, when born is not negative, checks
+// that the process it refers to started at born. The pidfd is opened first:
+// once it is held the process it names cannot be replaced, so a start time
+// that still matches afterwards (while the pidfd says the process is alive)
+// proves /proc/PID was the same process.
+func openPidfd(procRoot string, pid int, born time.Duration) (int, error) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	if born < 0 {
+		return fd, nil
+	}
+	st, err := startTicks(procRoot, pid)
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("read start time of pid %d: %w", pid, err)
+	}
+	if want := bornTicks(born); st != want {
+		unix.Close(fd)
+		return -1, fmt.Errorf("pid %d: start time %d ticks, want %d: %w", pid, st, want, ErrPIDReused)
+	}
+	// The stat read could have come from a successor if ours died between
+	// pidfd_open and the read; a live pidfd rules that out.
+	if err := pidfdSignal(fd, 0); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return fd, nil
+}
+
+// pidfdSignal sends sig through a pidfd; sig 0 only checks that the process
+// is alive.
+func pidfdSignal(fd int, sig syscall.Signal) error {
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// exited reports whether err says the process is gone.
+func exited(err error) bool {
+	return errors.Is(err, unix.ESRCH)
+}
+
+// cgroupOf reads pid's cgroup from procRoot/PID/cgroup: the "0::" line for
+// cgroup v2, or the line whose controller list holds "freezer" for v1.
+func cgroupOf(procRoot string, pid int, v1 bool) (string, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return "", err
+	}
+	return parseCgroupFile(string(b), v1)
+}
+
+func parseCgroupFile(content string, v1 bool) (string, error) {
+	for _, line := range strings.Split(content, "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		match := false
+		if v1 {
+			for _, c := range strings.Split(parts[1], ",") {
+				if c == "freezer" {
+					match = true
+				}
+			}
+		} else {
+			match = parts[0] == "0" && parts[1] == ""
+		}
+		if !match {
+			continue
+		}
+		p := parts[2]
+		// A path outside our cgroup namespace reads "/../.."; we cannot
+		// reach it through our mount, so refuse it rather than guess.
+		if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || strings.Contains(p, "/..") {
+			return "", fmt.Errorf("cgroup path %q is outside this cgroup namespace", p)
+		}
+		return p, nil
+	}
+	if v1 {
+		return "", errors.New("no freezer line in cgroup file")
+	}
+	return "", errors.New("no cgroup v2 (0::) line in cgroup file")
+}
+
+// waitExit polls a pidfd until the process exits or d passes.
+func waitExit(fd int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left < 0 {
+			left = 0
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, int(left.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		if n > 0 {
+			return true
+		}
+		if left == 0 || err != nil {
+			return false
+		}
+	}
+}

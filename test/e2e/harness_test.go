@@ -1,0 +1,461 @@
+// Package e2e runs the real overtime binary as root against this machine's
+// kernel: real eBPF programs, real processes in a cgroup the test creates,
+// real files. Every process, cgroup and file a test makes is removed again;
+// the agent only ever matches programs with names of the test's own.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binary string // the overtime binary built once for all tests
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped, needs root (eBPF, cgroups)")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "overtime-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "overtime")
+	build := exec.Command("go", "build", "-race", "-o", binary, "overtime/cmd/overtime")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: build failed:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cgroupRoot is the cgroup v2 mount: /sys/fs/cgroup/unified on a hybrid
+// node, /sys/fs/cgroup on a pure v2 one.
+func cgroupRoot(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		var st syscall.Statfs_t
+		if syscall.Statfs(p, &st) == nil && st.Type == 0x63677270 { // CGROUP2_SUPER_MAGIC
+			return p
+		}
+	}
+	t.Fatal("no cgroup v2 mount")
+	return ""
+}
+
+// testCgroup makes a cgroup of the test's own, removed (with any overtime
+// child the agent left, which a test then reports) at the end.
+type testCgroup struct {
+	dir  string // absolute directory
+	path string // the cgroup path, as /proc/PID/cgroup shows it
+}
+
+func newTestCgroup(t *testing.T) *testCgroup {
+	t.Helper()
+	root := cgroupRoot(t)
+	name := fmt.Sprintf("overtime-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
+	dir := filepath.Join(root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cg := &testCgroup{dir: dir, path: "/" + name}
+	t.Cleanup(func() {
+		// Kill what is left (only processes in our own cgroup), then remove.
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() {
+				sub := filepath.Join(dir, e.Name())
+				_ = os.WriteFile(filepath.Join(sub, "cgroup.kill"), []byte("1"), 0)
+				waitEmpty(sub)
+				_ = os.Remove(sub)
+			}
+		}
+		waitEmpty(dir)
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove test cgroup: %v", err)
+		}
+	})
+	return cg
+}
+
+func waitEmpty(dir string) {
+	for i := 0; i < 200; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil || len(bytes.TrimSpace(b)) == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// children lists the child cgroups (overtime's tree cgroups) of cg.
+func (cg *testCgroup) children(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(cg.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// proc is a process the test started.
+type proc struct {
+	cmd  *exec.Cmd
+	pid  int
+	done chan struct{}
+	err  error
+}
+
+// start runs a shell command inside cg: the shell moves itself into the
+// cgroup, then execs the command.
+func (cg *testCgroup) start(t *testing.T, dir string, script string) *proc {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s", cg.dir, script))
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+			<-p.done
+		}
+	})
+	return p
+}
+
+func (p *proc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitDone waits for the process to exit, at most d.
+func (p *proc) waitDone(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// engine writes an executable script named name into dir: a fake backup
+// engine whose comm is name.
+func engine(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// agentProc is a running overtime agent.
+type agentProc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	addr string
+	logs *syncBuffer
+	done chan struct{}
+	code int
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startAgent runs `overtime run` with the config text and waits for /readyz.
+func startAgent(t *testing.T, config string, extra ...string) *agentProc {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startAgentFile(t, cfgPath, extra...)
+}
+
+func startAgentFile(t *testing.T, cfgPath string, extra ...string) *agentProc {
+	t.Helper()
+	a := &agentProc{t: t, addr: freeAddr(t), logs: &syncBuffer{}, done: make(chan struct{})}
+	args := append([]string{"run", "--config", cfgPath, "--listen", a.addr, "--log-format", "json", "--log-level", "debug"}, extra...)
+	a.cmd = exec.Command(binary, args...)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := a.cmd.Wait()
+		a.code = a.cmd.ProcessState.ExitCode()
+		_ = err
+		close(a.done)
+	}()
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.logs.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited with %d before ready:\n%s", a.code, a.logs.String())
+		default:
+		}
+		if resp, err := http.Get("http://" + a.addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return a
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("agent not ready in 20s:\n%s", a.logs.String())
+	return nil
+}
+
+// stop ends the agent gracefully (SIGTERM) and returns its exit code.
+func (a *agentProc) stop() int {
+	select {
+	case <-a.done:
+		return a.code
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(15 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		a.t.Errorf("agent did not stop on SIGTERM in 15s")
+	}
+	return a.code
+}
+
+// crash ends the agent with SIGKILL.
+func (a *agentProc) crash() {
+	_ = a.cmd.Process.Kill()
+	<-a.done
+}
+
+type apiProcess struct {
+	PID            int       `json:"pid"`
+	Rule           string    `json:"rule"`
+	Comm           string    `json:"comm"`
+	Args           []string  `json:"args"`
+	Exe            string    `json:"exe"`
+	Cgroup         string    `json:"cgroup"`
+	PodUID         string    `json:"pod_uid"`
+	ContainerID    string    `json:"container_id"`
+	StartedAt      time.Time `json:"started_at"`
+	Deadline       time.Time `json:"deadline"`
+	RuntimeSeconds float64   `json:"runtime_seconds"`
+	State          string    `json:"state"`
+	Orphaned       bool      `json:"orphaned"`
+	OpenFiles      []string  `json:"open_files"`
+	CreatedFiles   []string  `json:"created_files"`
+}
+
+func (a *agentProc) processes() []apiProcess {
+	a.t.Helper()
+	var out []apiProcess
+	a.getJSON("/api/v1/processes", &out)
+	return out
+}
+
+func (a *agentProc) process(pid int) (apiProcess, bool) {
+	for _, p := range a.processes() {
+		if p.PID == pid {
+			return p, true
+		}
+	}
+	return apiProcess{}, false
+}
+
+type apiAction struct {
+	Time   time.Time `json:"time"`
+	Rule   string    `json:"rule"`
+	PID    int       `json:"pid"`
+	Action string    `json:"action"`
+	Result string    `json:"result"`
+	Reason string    `json:"reason"`
+}
+
+func (a *agentProc) actions() []apiAction {
+	a.t.Helper()
+	var out []apiAction
+	a.getJSON("/api/v1/actions", &out)
+	return out
+}
+
+func (a *agentProc) getJSON(path string, v any) {
+	a.t.Helper()
+	resp, err := http.Get("http://" + a.addr + path)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		a.t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// metric returns the value of one series of /metrics, by its full name with
+// labels as exposed (e.g. `overtime_tracked_processes{rule="x"}`); -1 when
+// absent.
+func (a *agentProc) metric(series string) float64 {
+	a.t.Helper()
+	for _, line := range strings.Split(a.metricsText(), "\n") {
+		if name, val, ok := strings.Cut(line, " "); ok && name == series {
+			f, err := strconv.ParseFloat(val, 64)
+			if err != nil {
+				a.t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+func (a *agentProc) metricsText() string {
+	a.t.Helper()
+	resp, err := http.Get("http://" + a.addr + "/metrics")
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// logLines returns the agent's JSON log records whose msg contains msg.
+func (a *agentProc) logLines(msg string) []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(a.logs.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var rec map[string]any
+		if json.Unmarshal(sc.Bytes(), &rec) == nil {
+			if m, _ := rec["msg"].(string); strings.Contains(m, msg) {
+				out = append(out, rec)
+			}
+		}
+	}
+	return out
+}
+
+// eventually polls cond every 20ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		if cond() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// pidsOf lists the processes in a cgroup directory.
+func pidsOf(t *testing.T, dir string) []int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+// childPids lists the children of pid.
+func childPids(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie is not alive.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
