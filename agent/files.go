@@ -78,7 +78,10 @@ func (a *Agent) cleanup(t *tree) {
 	})
 	for _, c := range list {
 		if !anyPath(r.Cleanup.Paths, c.path) {
-			a.skip(t, c.pid, c.path, "outside_paths")
+			// Most of what an engine creates is its data: counted, and
+			// only logged at debug level.
+			a.m.cleanupSkipped.WithLabelValues(r.Name, "outside_paths").Inc()
+			a.log.Debug("cleanup skipped", "rule", r.Name, "pid", c.pid, "path", c.path, "reason", "outside_paths")
 			continue
 		}
 		freed, reason, err := a.enf.Remove(t.name, c.path, c.dev, c.ino, a.monitor())

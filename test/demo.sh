@@ -61,9 +61,12 @@ while kill -0 "$restic_pid" 2>/dev/null; do
 	sleep 0.2
 	if (( $(date +%s%N) - started > 90000000000 )); then echo "restic still alive after 90s"; exit 1; fi
 done
+# The feeder is the demo's own `sleep`; the pipeline's job ends with it.
+kill "$feeder_pid" 2>/dev/null || true
+feeder_pid=""
 wait "$restic_pid" 2>/dev/null && status=0 || status=$?
 ms=$(( ($(date +%s%N) - started) / 1000000 ))
-printf 'restic ended %d.%03ds after it started, wait status %s (137 = SIGKILL)\n' $((ms / 1000)) $((ms % 1000)) "$status"
+printf 'restic ended %d.%03ds after it started, wait status %s (143 = SIGTERM, 137 = SIGKILL)\n' $((ms / 1000)) $((ms % 1000)) "$status"
 sleep 0.5
 
 say "what overtime logged"
