@@ -221,8 +221,12 @@ func (a *Agent) newTree(r *Rule, p collector.Process) {
 		return
 	}
 	t := a.makeTree(treeName(r.Name, p.PID, p.Start), r, p.PID, p.Start)
-	if m := a.join(t, p); m != nil {
-		a.log.Info("tracking", a.procAttrs(m, "deadline_in", (t.deadline-a.clock.Now()).String())...)
+	m := a.join(t, p)
+	a.log.Info("tracking", a.procAttrs(m, "deadline_in", (t.deadline-a.clock.Now()).String())...)
+	// The caller that started it: when it goes away first, the engine is
+	// an orphan, the leak this agent exists for.
+	if err := a.src.WatchParent(p.PID, p.PPID); err != nil {
+		a.log.Debug("watch parent", "pid", p.PID, "ppid", p.PPID, "err", err)
 	}
 }
 
@@ -286,7 +290,10 @@ func isGone(err error) bool {
 
 // handle applies one event to the table.
 func (a *Agent) handle(ev collector.Event) {
-	a.m.events.WithLabelValues(ev.Type.String()).Inc()
+	switch ev.Type {
+	case collector.EventExec, collector.EventFork, collector.EventExit, collector.EventFile:
+		a.m.events.WithLabelValues(ev.Type.String()).Inc()
+	}
 	switch ev.Type {
 	case collector.EventExec:
 		a.onExec(ev)
@@ -308,6 +315,10 @@ func (a *Agent) handle(ev collector.Event) {
 	case collector.EventLost:
 		a.m.lost.Add(float64(ev.Lost))
 		a.resync()
+	case collector.EventOrphan:
+		if p, ok := a.procs[ev.PID]; ok && !p.exited && !p.orphaned {
+			a.markOrphan(p)
+		}
 	}
 }
 

@@ -333,3 +333,22 @@ func histLines(rule, outcome string, v float64) string {
 	fmt.Fprintf(&b, "overtime_process_runtime_seconds_count{outcome=%q,rule=%q} 1\n", outcome, rule)
 	return b.String()
 }
+
+func TestRootOrphanedWhenItsCallerExits(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 50, 0, "restic", "backup")
+	if h.src.parents[100] != 50 {
+		t.Fatalf("parent of the root not watched: %v", h.src.parents)
+	}
+	if p := h.a.Processes(); p[0].Orphaned {
+		t.Fatal("orphaned before its parent exited")
+	}
+	h.send(collector.Event{Type: collector.EventOrphan, PID: 100, PPID: 50})
+	if p := h.a.Processes(); !p[0].Orphaned {
+		t.Fatal("not orphaned after its parent exited")
+	}
+	if v := testutil.ToFloat64(h.a.m.events.WithLabelValues("exec")); v != 1 {
+		t.Fatalf("events_total{exec} = %v", v)
+	}
+}

@@ -43,6 +43,7 @@ type fakeSource struct {
 	events   chan collector.Event
 	scanned  int
 	filterEr error
+	parents  map[int]int
 }
 
 func newFakeSource() *fakeSource {
@@ -89,6 +90,16 @@ func (s *fakeSource) Untrack(pid int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.tracked, pid)
+	return nil
+}
+
+func (s *fakeSource) WatchParent(child, parent int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.parents == nil {
+		s.parents = map[int]int{}
+	}
+	s.parents[child] = parent
 	return nil
 }
 

@@ -21,6 +21,8 @@ type Source interface {
 	// reported from now on. Untrack forgets it.
 	Track(pid int) error
 	Untrack(pid int) error
+	// WatchParent reports EventOrphan for child when parent exits first.
+	WatchParent(child, parent int) error
 	// OpenFiles lists pid's open files (paths as the process sees them).
 	OpenFiles(pid int) ([]string, error)
 }

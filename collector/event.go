@@ -22,6 +22,9 @@ const (
 	EventFile
 	// EventLost: the kernel dropped Lost events; the table needs a resync.
 	EventLost
+	// EventOrphan: the parent of watched process PID exited while PID runs
+	// on (the caller that started it gave up and went away).
+	EventOrphan
 )
 
 func (t EventType) String() string {
@@ -38,6 +41,8 @@ func (t EventType) String() string {
 		return "file"
 	case EventLost:
 		return "lost"
+	case EventOrphan:
+		return "orphan"
 	}
 	return "unknown"
 }

@@ -52,6 +52,8 @@ type Source struct {
 	// already gone when its record is read (mkdir, ln, mv run for a
 	// millisecond) still resolves. Only Run's goroutine uses it.
 	known map[int]procInfo
+
+	pw *parentWatch
 }
 
 type procInfo struct {
@@ -72,6 +74,7 @@ const (
 // creations.
 func NewSource(t *bpf.Tracer, proc *Procfs, log *slog.Logger) *Source {
 	s := &Source{t: t, proc: proc, log: log, cgroups: map[uint64]string{}, known: map[int]procInfo{}}
+	s.pw = newParentWatch(func() { _ = t.Wake() })
 	dir, err := os.MkdirTemp("", "overtime-calibrate-")
 	if err == nil {
 		s.createdMask, err = t.Calibrate(dir)
@@ -97,8 +100,11 @@ func (s *Source) SetFilter(comms []string, all bool) error { return s.t.SetFilte
 // reported from now on.
 func (s *Source) Track(pid int) error { return s.t.Track(pid) }
 
-// Untrack forgets pid.
-func (s *Source) Untrack(pid int) error { return s.t.Untrack(pid) }
+// Untrack forgets pid (and the watch of its parent).
+func (s *Source) Untrack(pid int) error {
+	s.pw.unwatch(pid)
+	return s.t.Untrack(pid)
+}
 
 // Scan lists the processes running now, from procfs.
 func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
@@ -140,6 +146,9 @@ func (s *Source) Run(ctx context.Context, events chan<- Event) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if !s.flushOrphans(ctx, events) {
+			return nil
+		}
 		err := s.t.Read(&rec)
 		switch {
 		case err == nil:
@@ -161,6 +170,20 @@ func (s *Source) Run(ctx context.Context, events chan<- Event) error {
 		}
 		if !checkLost() {
 			return nil
+		}
+	}
+}
+
+// flushOrphans hands on the parent exits the watches reported.
+func (s *Source) flushOrphans(ctx context.Context, events chan<- Event) bool {
+	for {
+		select {
+		case ev := <-s.pw.pending:
+			if !send(ctx, events, ev) {
+				return false
+			}
+		default:
+			return true
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"go/build"
 	"io"
 	"net"
 	"net/http"
@@ -137,7 +138,8 @@ func (cg *testCgroup) start(t *testing.T, dir string, script string) *proc {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s", cg.dir, script))
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	// Stdout and stderr stay nil (/dev/null): a pipe would make Wait wait
+	// for every background child that inherited it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -458,4 +460,29 @@ func pidAlive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// requireToolsEnv, when set, turns a missing external tool (helm, promtool,
+// prometheus) into a test failure instead of a skip, as in charts/.
+const requireToolsEnv = "OVERTIME_REQUIRE_TOOLS"
+
+// tool finds a command on PATH or in GOPATH/bin (where `go install` puts
+// helm). A missing tool skips the test, or fails it when requireToolsEnv is
+// set.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range filepath.SplitList(build.Default.GOPATH) {
+		p := filepath.Join(dir, "bin", name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	if os.Getenv(requireToolsEnv) != "" {
+		t.Fatalf("%s not found on PATH or in GOPATH/bin, and %s is set", name, requireToolsEnv)
+	}
+	t.Skipf("%s not found on PATH or in GOPATH/bin (set %s to make this a failure)", name, requireToolsEnv)
+	return ""
 }
