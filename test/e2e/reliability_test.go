@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A tree that forks without pause dies whole: no descendant escapes.
+func TestForkingTreeDiesWhole(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	a := startAgent(t, rule("ovt-forker", "2s", "500ms", ""))
+	// Each generation forks a child that forks again, and every shell
+	// ignores TERM: only the cgroup kill ends it.
+	eng := engine(t, dir, "ovt-forker", "trap '' TERM\nwhile :; do (trap '' TERM; sleep 1000) & sleep 0.01; done")
+	p := cg.start(t, dir, eng)
+	eventually(t, 5*time.Second, "tree tracked", func() bool { _, ok := a.process(p.pid); return ok })
+	if !p.waitDone(10 * time.Second) {
+		t.Fatal("forking tree not ended")
+	}
+	eventually(t, 5*time.Second, "no process of the tree left", func() bool {
+		return len(pidsOf(t, cg.dir)) == 0 && len(cg.children(t)) == 0
+	})
+	eventually(t, 5*time.Second, "table empty", func() bool { return len(a.processes()) == 0 })
+	// Nothing it forked lives on anywhere: every sleep 1000 forked in the
+	// test dir is gone.
+	if n := countProcsIn(dir); n != 0 {
+		t.Fatalf("%d processes of the tree escaped", n)
+	}
+}
+
+// A stopped (SIGSTOP) tree is still ended.
+func TestStoppedTreeEnds(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	a := startAgent(t, rule("ovt-stopped", "2s", "500ms", ""))
+	eng := engine(t, dir, "ovt-stopped", "sleep 1000 &\nkill -STOP $!\nkill -STOP $$\nwait")
+	p := cg.start(t, dir, eng)
+	eventually(t, 5*time.Second, "tree tracked", func() bool { return len(a.processes()) == 2 })
+	if !p.waitDone(10 * time.Second) {
+		t.Fatal("stopped tree not ended")
+	}
+	eventually(t, 5*time.Second, "tree gone", func() bool { return len(pidsOf(t, cg.dir)) == 0 && len(a.processes()) == 0 })
+}
+
+// SIGHUP re-reads the config; a bad file keeps the rules in force and says
+// why; a good one applies to new processes.
+func TestReloadOnSIGHUP(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(rule("ovt-one", "1h", "1s", "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentFile(t, cfgPath)
+	// A bad file: kept out, with the problem in the log.
+	if err := os.WriteFile(cfgPath, []byte("rules:\n  - name: ovt-two\n    match: {comm: [ovt-two]}\n    timeout: soon\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 5*time.Second, "bad reload reported", func() bool {
+		lines := a.logLines("config not reloaded")
+		return len(lines) == 1 && strings.Contains(fmt.Sprint(lines[0]["err"]), "rules[0].timeout")
+	})
+	one := cg.start(t, dir, engine(t, dir, "ovt-one", "exec sleep 1000"))
+	_ = one
+	eventually(t, 5*time.Second, "old rule still in force", func() bool { return len(a.processes()) == 1 })
+
+	// A good file: the new rule matches new processes.
+	if err := os.WriteFile(cfgPath, []byte(rule("ovt-two", "1h", "1s", "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 5*time.Second, "reloaded", func() bool { return len(a.logLines("config reloaded")) == 1 })
+	two := cg.start(t, dir, engine(t, dir, "ovt-two", "trap 'exit 0' TERM\nsleep 1000 & wait"))
+	eventually(t, 5*time.Second, "new rule matches", func() bool {
+		p, ok := a.process(two.pid)
+		return ok && p.Rule == "ovt-two"
+	})
+}
+
+// The HTTP API is read-only and the agent binds loopback by default.
+func TestHTTPReadOnly(t *testing.T) {
+	a := startAgent(t, rule("ovt-http", "1h", "1s", ""))
+	for _, path := range []string{"/api/v1/processes", "/api/v1/actions", "/metrics", "/healthz"} {
+		resp, err := http.Post("http://"+a.addr+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST %s = %d, want 405", path, resp.StatusCode)
+		}
+	}
+	resp, err := http.Get("http://" + a.addr + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	out, err := os.ReadFile("../../agent/defaults.yaml")
+	if err != nil || !strings.Contains(string(out), "listen: 127.0.0.1:9477") {
+		t.Fatalf("the embedded defaults do not bind loopback: %v", err)
+	}
+}
+
+// countProcsIn counts live processes whose cwd is dir.
+func countProcsIn(dir string) int {
+	entries, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range entries {
+		if cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd")); err == nil && cwd == dir {
+			var pid int
+			if _, err := fmt.Sscan(e.Name(), &pid); err == nil && pidAlive(pid) {
+				n++
+			}
+		}
+	}
+	return n
+}
