@@ -7,6 +7,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sort"
@@ -55,6 +56,8 @@ type Agent struct {
 	cfg     *Config
 	procs   map[int]*proc
 	trees   map[string]*tree
+	running map[string]int  // live trees by rule, for max_running
+	hold    map[string]bool // comms the kernel stops at exec
 	timers  timers
 	actions *actionLog
 
@@ -83,6 +86,7 @@ func New(o Options) *Agent {
 		cfg:     o.Config,
 		procs:   map[int]*proc{},
 		trees:   map[string]*tree{},
+		running: map[string]int{},
 		actions: newActionLog(512),
 		pings:   make(chan chan struct{}),
 		reloads: make(chan *Config, 1),
@@ -97,10 +101,11 @@ func (a *Agent) monitor() bool { return a.cfg.Mode == ModeMonitor }
 // start brings the table up to date with the node: the trees an earlier run
 // left in their cgroups, then every matching process already running.
 func (a *Agent) start() error {
-	comms, all, _ := a.cfg.Filter()
-	if err := a.src.SetFilter(comms, all); err != nil {
+	f := a.cfg.Filter()
+	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
 		return err
 	}
+	a.hold = setOf(f.Hold)
 	adopted, err := a.enf.Adopt()
 	if err != nil {
 		return err
@@ -159,7 +164,7 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
 			continue
 		}
 		if r := firstMatch(a.cfg.Rules, s); r != nil {
-			a.newTree(r, *s)
+			a.newTree(r, *s, false)
 		}
 	}
 }
@@ -194,6 +199,8 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 		}
 		return
 	}
+	t.counted = true
+	a.running[rule.Name]++
 	a.log.Info("adopted tree", "rule", rule.Name, "pid", rootPID, "cgroup", name,
 		"members", t.live, "deadline_in", (t.deadline - a.clock.Now()).String())
 }
@@ -215,19 +222,50 @@ func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration)
 	return t
 }
 
-// newTree starts tracking a process that matched rule r at exec (or in a scan).
-func (a *Agent) newTree(r *Rule, p collector.Process) {
+// newTree starts tracking a process that matched rule r at exec (atExec)
+// or in a scan. Past its rule's max_running, a process that has just
+// executed is ended at once; one found running is only counted.
+func (a *Agent) newTree(r *Rule, p collector.Process, atExec bool) {
 	if !a.roomFor(p.PID) {
 		return
 	}
 	t := a.makeTree(treeName(r.Name, p.PID, p.Start), r, p.PID, p.Start)
 	m := a.join(t, p)
+	if atExec && r.MaxRunning > 0 && a.running[r.Name] >= r.MaxRunning {
+		a.capTree(t, m)
+		return
+	}
+	t.counted = true
+	a.running[r.Name]++
 	a.log.Info("tracking", a.procAttrs(m, "deadline_in", (t.deadline-a.clock.Now()).String())...)
 	// The caller that started it: when it goes away first, the engine is
 	// an orphan, the leak this agent exists for.
 	if err := a.src.WatchParent(p.PID, p.PPID); err != nil {
 		a.log.Debug("watch parent", "pid", p.PID, "ppid", p.PPID, "err", err)
 	}
+}
+
+// capTree ends a tree at exec because its rule already has max_running
+// trees alive on the node.
+func (a *Agent) capTree(t *tree, m *proc) {
+	r := t.rule
+	t.capped = true
+	a.m.capped.WithLabelValues(r.Name).Inc()
+	why := fmt.Sprintf("max_running %d reached", r.MaxRunning)
+	if a.monitor() {
+		a.record(t, t.rootPID, "cap", "skipped_monitor", why+": would end it at exec")
+		a.log.Warn("capped: would end it at exec (monitor mode)", a.procAttrs(m, "max_running", r.MaxRunning)...)
+		return
+	}
+	err := a.enf.Kill(t.name)
+	t.killed = true
+	if err != nil {
+		a.record(t, t.rootPID, "cap", "error", why+": "+err.Error())
+		a.log.Error("capped: kill at exec failed", a.procAttrs(m, "max_running", r.MaxRunning, "err", err)...)
+		return
+	}
+	a.record(t, t.rootPID, "cap", "ok", why+": ended at exec")
+	a.log.Warn("capped: ended at exec", a.procAttrs(m, "max_running", r.MaxRunning)...)
 }
 
 // addMember adds a process forked by a member of t.
@@ -282,6 +320,14 @@ func (a *Agent) join(t *tree, p collector.Process) *proc {
 	return m
 }
 
+func setOf(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, v := range list {
+		m[v] = true
+	}
+	return m
+}
+
 // isGone reports whether the enforcer said the process no longer exists.
 func isGone(err error) bool {
 	var g interface{ Gone() bool }
@@ -329,9 +375,21 @@ func (a *Agent) onExec(ev collector.Event) {
 	p := *ev.Proc
 	if m, ok := a.procs[p.PID]; ok && !m.exited {
 		// A member executed another program: it stays in its tree, with the
-		// tree's rule and deadline.
+		// tree's rule and deadline. (The kernel never holds a member.)
 		m.Comm, m.Args, m.Exe = p.Comm, p.Args, p.Exe
 		return
+	}
+	// The kernel stopped a new process of a held comm at exec: whatever is
+	// decided below, it runs on unless it is ended at its cap.
+	if a.hold[p.Comm] {
+		defer func() {
+			if m, ok := a.procs[p.PID]; ok && m.tree.capped && !a.monitor() {
+				return
+			}
+			if err := a.enf.Resume(p.PID, p.Born); err != nil {
+				a.log.Debug("resume held process", "pid", p.PID, "err", err)
+			}
+		}()
 	}
 	if m, ok := a.procs[p.PID]; ok {
 		// The PID was reaped and reused before we saw the reap.
@@ -353,7 +411,7 @@ func (a *Agent) onExec(ev collector.Event) {
 		}
 		return
 	}
-	a.newTree(r, p)
+	a.newTree(r, p, true)
 }
 
 func (a *Agent) onFork(ev collector.Event) {
@@ -413,6 +471,9 @@ func (a *Agent) reaped(p *proc) {
 // endTree runs when the last member of t has exited.
 func (a *Agent) endTree(t *tree, at time.Duration) {
 	t.ended = true
+	if t.counted {
+		a.running[t.rule.Name]--
+	}
 	outcome := "exited"
 	switch {
 	case t.signalled || t.killed:

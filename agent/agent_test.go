@@ -352,3 +352,70 @@ func TestRootOrphanedWhenItsCallerExits(t *testing.T) {
 		t.Fatalf("events_total{exec} = %v", v)
 	}
 }
+
+func TestMaxRunningCapsAtExec(t *testing.T) {
+	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 2", 1)
+	h := newHarness(t, cfg)
+	h.src.scan = []collector.Process{{PID: 90, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0}}
+	h.start() // one found running counts toward the cap
+	h.exec(100, 1, s, "restic", "backup")
+	h.exec(101, 1, s, "restic", "backup") // third: capped
+	if h.enf.count("kill "+treeName("restic", 101, s)) != 1 || h.enf.count("kill") != 1 {
+		t.Fatalf("calls %v, want only 101 killed at exec", h.enf.callList())
+	}
+	if v := testutil.ToFloat64(h.a.m.capped.WithLabelValues("restic")); v != 1 {
+		t.Fatalf("capped_total = %v", v)
+	}
+	h.exit(101, 2*s, 9)
+	h.exit(90, 2*s, 0) // a slot frees up
+	h.exec(102, 1, 3*s, "restic", "backup")
+	if h.enf.count("kill") != 1 {
+		t.Fatalf("a process under the cap was killed: %v", h.enf.callList())
+	}
+	h.exec(103, 1, 3*s, "restic", "backup")
+	if h.enf.count("kill "+treeName("restic", 103, 3*s)) != 1 {
+		t.Fatalf("over the cap again but not killed: %v", h.enf.callList())
+	}
+	acts := h.a.Actions()
+	if last := acts[len(acts)-1]; last.Action != "cap" || last.Result != "ok" || last.PID != 103 {
+		t.Fatalf("last action = %+v", last)
+	}
+}
+
+func TestMaxRunningMonitorOnlyCounts(t *testing.T) {
+	cfg := "mode: monitor\n" + strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 1", 1)
+	h := newHarness(t, cfg)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exec(101, 1, 0, "restic", "backup")
+	if h.enf.count("kill") != 0 {
+		t.Fatalf("monitor mode killed: %v", h.enf.callList())
+	}
+	if v := testutil.ToFloat64(h.a.m.capped.WithLabelValues("restic")); v != 1 {
+		t.Fatalf("capped_total = %v", v)
+	}
+}
+
+func TestHeldExecsAreResumedUnlessCapped(t *testing.T) {
+	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 1", 1)
+	h := newHarness(t, cfg)
+	h.start()
+	if !slices.Equal(h.src.hold, []string{"restic"}) {
+		t.Fatalf("held comms = %v", h.src.hold)
+	}
+	h.exec(100, 1, 0, "restic", "backup")   // under the cap: resumed
+	h.exec(101, 1, 0, "restic", "snapshots") // no match: resumed
+	h.exec(102, 1, 0, "restic", "backup")   // capped: killed, never resumed
+	h.fork(103, 100, s)
+	h.exec(103, 100, s, "restic", "backup") // a member's exec is never held
+	got := []string{}
+	for _, c := range h.enf.callList() {
+		if strings.HasPrefix(c, "resume") || strings.HasPrefix(c, "kill") {
+			got = append(got, c)
+		}
+	}
+	want := []string{"resume 100", "resume 101", "kill " + treeName("restic", 102, 0)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("calls = %v, want %v", got, want)
+	}
+}

@@ -21,12 +21,12 @@ func TestDefaultConfigIsValid(t *testing.T) {
 	if cfg.Mode != ModeEnforce || cfg.Listen != DefaultListen {
 		t.Fatalf("defaults mode=%s listen=%s", cfg.Mode, cfg.Listen)
 	}
-	comms, all, _ := cfg.Filter()
-	if all {
-		t.Fatal("default rules must all be prefiltered in the kernel")
+	f := cfg.Filter()
+	if f.All || len(f.Hold) != 0 {
+		t.Fatalf("default rules must all be prefiltered in the kernel, none held: %+v", f)
 	}
-	if strings.Join(comms, ",") != "longhorn,mount,mount.nfs,mount.nfs4,restic,borg,kopia" {
-		t.Fatalf("kernel filter = %v", comms)
+	if strings.Join(f.Comms, ",") != "longhorn,mount,mount.nfs,mount.nfs4,restic,borg,kopia" {
+		t.Fatalf("kernel filter = %v", f.Comms)
 	}
 }
 
@@ -89,9 +89,9 @@ rules:
 	if len(r.Cleanup.When) != 1 || r.Cleanup.When[0] != "killed" {
 		t.Fatalf("cleanup.when defaults to [killed], got %v", r.Cleanup.When)
 	}
-	comms, all, unfiltered := cfg.Filter()
-	if len(comms) != 1 || comms[0] != "x" || all || len(unfiltered) != 0 {
-		t.Fatalf("exe basename prefilter = %v %v %v", comms, all, unfiltered)
+	f := cfg.Filter()
+	if len(f.Comms) != 1 || f.Comms[0] != "x" || f.All || len(f.Unfiltered) != 0 || len(f.Hold) != 1 || f.Hold[0] != "x" {
+		t.Fatalf("exe basename prefilter = %+v", f)
 	}
 }
 

@@ -44,6 +44,7 @@ type fakeSource struct {
 	scanned  int
 	filterEr error
 	parents  map[int]int
+	hold     []string
 }
 
 func newFakeSource() *fakeSource {
@@ -69,13 +70,13 @@ func (s *fakeSource) Scan() ([]collector.Process, error) {
 	return append([]collector.Process(nil), s.scan...), nil
 }
 
-func (s *fakeSource) SetFilter(comms []string, all bool) error {
+func (s *fakeSource) SetFilter(comms []string, all bool, hold []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.filterEr != nil {
 		return s.filterEr
 	}
-	s.comms, s.all = comms, all
+	s.comms, s.all, s.hold = comms, all, hold
 	return nil
 }
 
@@ -143,6 +144,13 @@ func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration) error {
 	}
 	e.members[tree][pid] = true
 	e.log("confine %s %d", tree, pid)
+	return nil
+}
+
+func (e *fakeEnforcer) Resume(pid int, born time.Duration) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("resume %d", pid)
 	return nil
 }
 

@@ -97,14 +97,15 @@ func drain(ch <-chan collector.Event) {
 func (a *Agent) Reload(cfg *Config) { a.reloads <- cfg }
 
 func (a *Agent) apply(cfg *Config) {
-	comms, all, _ := cfg.Filter()
-	if err := a.src.SetFilter(comms, all); err != nil {
+	f := cfg.Filter()
+	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
 		a.log.Error("reload: kernel filter not updated; keeping the old config", "err", err)
 		return
 	}
 	a.mu.Lock()
 	old := a.cfg
 	a.cfg = cfg
+	a.hold = setOf(f.Hold)
 	a.mu.Unlock()
 	if cfg.Listen != old.Listen {
 		a.log.Warn("reload: listen address changes only at restart", "listen", old.Listen)

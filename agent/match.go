@@ -92,23 +92,42 @@ func (r *Rule) commKeys() (keys []string, ok bool) {
 	return keys, true
 }
 
-// Filter is what the kernel is told to let through: the comm names of
-// every rule, or everything when some rule cannot be prefiltered.
-func (c *Config) Filter() (comms []string, all bool, unfiltered []string) {
+// KernelFilter is what the kernel is told to let through at exec.
+type KernelFilter struct {
+	// Comms may match a rule: their execs go to user space.
+	Comms []string
+	// All lets every exec through: some rule cannot be prefiltered.
+	All bool
+	// Unfiltered names the rules that cannot be prefiltered.
+	Unfiltered []string
+	// Hold are the comms of rules with max_running: the kernel stops them
+	// at exec until the agent resumes or ends them, so one past the cap
+	// never runs an instruction.
+	Hold []string
+}
+
+// Filter derives the kernel's exec filter from the rules.
+func (c *Config) Filter() KernelFilter {
+	var f KernelFilter
 	seen := map[string]bool{}
+	held := map[string]bool{}
 	for _, r := range c.Rules {
 		keys, ok := r.commKeys()
 		if !ok {
-			all = true
-			unfiltered = append(unfiltered, r.Name)
+			f.All = true
+			f.Unfiltered = append(f.Unfiltered, r.Name)
 			continue
 		}
 		for _, k := range keys {
 			if !seen[k] {
 				seen[k] = true
-				comms = append(comms, k)
+				f.Comms = append(f.Comms, k)
+			}
+			if r.MaxRunning > 0 && !held[k] {
+				held[k] = true
+				f.Hold = append(f.Hold, k)
 			}
 		}
 	}
-	return comms, all, unfiltered
+	return f
 }

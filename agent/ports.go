@@ -15,8 +15,10 @@ type Source interface {
 	// Scan lists the processes running now (start-up and resync).
 	Scan() ([]collector.Process, error)
 	// SetFilter tells the kernel which exec comms may match a rule; all
-	// lets every exec through (a rule with no comm or literal exe basename).
-	SetFilter(comms []string, all bool) error
+	// lets every exec through (a rule with no comm or literal exe basename);
+	// the comms in hold are stopped at exec until the agent resumes
+	// (Enforcer.Resume) or ends them.
+	SetFilter(comms []string, all bool, hold []string) error
 	// Track marks pid as tracked: its forks, exits and file changes are
 	// reported from now on. Untrack forgets it.
 	Track(pid int) error
@@ -35,6 +37,9 @@ type Enforcer interface {
 	// tree's cgroup, creating it on first use, and keeps a pidfd for it. A
 	// pid whose start time no longer matches born is refused.
 	Confine(tree string, pid int, born time.Duration) error
+	// Resume continues a process the kernel stopped at exec (SIGCONT
+	// through a pidfd, after checking its start time).
+	Resume(pid int, born time.Duration) error
 	// Forget drops a member that has exited.
 	Forget(tree string, pid int)
 	// Signal sends sig to every live member of the tree; it returns how

@@ -55,6 +55,8 @@ type tree struct {
 	signalled  bool // the kill signal was sent (enforce mode)
 	killed     bool // SIGKILL was sent through the cgroup (enforce mode)
 	ended      bool // every member has exited
+	capped     bool // ended at exec: its rule's max_running was reached
+	counted    bool // counts towards its rule's max_running
 	rootStatus int
 	confirmTry int
 

@@ -194,6 +194,11 @@ struct file_event {
 #define TRACK_CONFIRMED 2 /* user space called Track */
 #define TRACK_EXITED 4    /* exit event sent; deleted at reap */
 
+/* comm_filter values */
+#define FILTER_MATCH 1 /* the comm may match a rule: send the exec up */
+#define FILTER_HOLD 2  /* and stop it (SIGSTOP) until user space decides */
+#define SIGSTOP_NR 19
+
 struct tracked_val {
 	__u32 flags;
 };

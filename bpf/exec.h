@@ -10,17 +10,23 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 	char comm[TASK_COMM_LEN] = {};
 	__u32 zero = 0;
 	int send = 0, track = 0;
+	__u8 *filter;
 
 	bpf_get_current_comm(comm, sizeof(comm));
 
 	/* (c) a tree member execs another program: keep it, send it. */
 	if (bpf_map_lookup_elem(&tracked, &tgid)) {
 		send = 1;
-	} else if (bpf_map_lookup_elem(&comm_filter, comm)) {
+	} else if ((filter = bpf_map_lookup_elem(&comm_filter, comm))) {
 		/* (a) a candidate: tracked now so that forks made before user
 		 * space decides are not missed; Untrack drops it. */
 		send = 1;
 		track = 1;
+		/* A comm of a rule with max_running: stopped before its first
+		 * instruction, so one past the cap never runs. User space
+		 * resumes it (SIGCONT) or kills it. */
+		if (*filter & FILTER_HOLD)
+			bpf_send_signal(SIGSTOP_NR);
 	} else {
 		/* (b) pass_all sends but never tracks. */
 		struct config_val *cfg = bpf_map_lookup_elem(&config, &zero);

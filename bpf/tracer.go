@@ -222,6 +222,12 @@ func hookName(prog string) string {
 }
 
 // commKey is the kernel's comm for name: at most 15 bytes, NUL padded.
+// Values of the comm filter map (FILTER_* in common.h).
+const (
+	filterMatch uint8 = 1
+	filterHold  uint8 = 2
+)
+
 func commKey(name string) [CommLen]byte {
 	var k [CommLen]byte
 	copy(k[:CommLen-1], name)
@@ -230,16 +236,21 @@ func commKey(name string) [CommLen]byte {
 
 // SetFilter replaces the set of comms whose exec is reported (and whose
 // process becomes a tracking candidate). all reports every exec, without
-// tracking it. Comms are truncated to 15 bytes, as the kernel does.
-func (t *Tracer) SetFilter(comms []string, all bool) error {
-	want := make(map[[CommLen]byte]bool, len(comms))
+// tracking it. A comm in hold is also stopped (SIGSTOP) by the kernel at
+// exec, before its first instruction, until user space resumes or kills it
+// (for rules with max_running). Comms are truncated to 15 bytes, as the
+// kernel does.
+func (t *Tracer) SetFilter(comms []string, all bool, hold []string) error {
+	want := make(map[[CommLen]byte]uint8, len(comms))
 	for _, c := range comms {
-		want[commKey(c)] = true
+		want[commKey(c)] = filterMatch
+	}
+	for _, c := range hold {
+		want[commKey(c)] = filterMatch | filterHold
 	}
 	// Add before deleting so a comm kept across the change never has a gap.
-	one := uint8(1)
-	for k := range want {
-		if err := t.objs.CommFilter.Put(k, one); err != nil {
+	for k, flags := range want {
+		if err := t.objs.CommFilter.Put(k, flags); err != nil {
 			return fmt.Errorf("set comm filter %q: %w", cstr(k[:]), err)
 		}
 	}
@@ -248,7 +259,7 @@ func (t *Tracer) SetFilter(comms []string, all bool) error {
 	var v uint8
 	it := t.objs.CommFilter.Iterate()
 	for it.Next(&k, &v) {
-		if !want[k] {
+		if _, ok := want[k]; !ok {
 			stale = append(stale, k)
 		}
 	}

@@ -286,7 +286,7 @@ func TestExecFilter(t *testing.T) {
 	dir := t.TempDir()
 	sleep := copyBinary(t, "/bin/sleep", dir, "ovtest-sleep")
 	other := copyBinary(t, "/bin/sleep", dir, "ovtest-other")
-	if err := h.tr.SetFilter([]string{"ovtest-sleep", "ovtest-unused-long-comm-name"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-sleep", "ovtest-unused-long-comm-name"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -341,7 +341,7 @@ func TestExecFilter(t *testing.T) {
 	}
 
 	// An empty filter stops the first one too.
-	if err := h.tr.SetFilter(nil, false); err != nil {
+	if err := h.tr.SetFilter(nil, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmd = exec.Command(sleep, "0")
@@ -358,7 +358,7 @@ func TestArgsTruncated(t *testing.T) {
 	h := newHarness(t, Options{})
 	dir := t.TempDir()
 	sleep := copyBinary(t, "/bin/sleep", dir, "ovtest-sleep")
-	if err := h.tr.SetFilter([]string{"ovtest-sleep"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-sleep"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	long := strings.Repeat("x", 2000) // not a number: sleep fails at once
@@ -378,7 +378,7 @@ func TestForkExitReap(t *testing.T) {
 	h := newHarness(t, Options{})
 	dir := t.TempDir()
 	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
-	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(sh, "-c", "sleep 0.3 & sleep 0.3 & wait")
@@ -438,7 +438,7 @@ func TestExitCodes(t *testing.T) {
 	h := newHarness(t, Options{})
 	dir := t.TempDir()
 	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
-	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -477,7 +477,7 @@ func TestMultithreadedExitOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := copyBinary(t, self, t.TempDir(), "ovtest-mt")
-	if err := h.tr.SetFilter([]string{"ovtest-mt"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-mt"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin)
@@ -525,7 +525,7 @@ func TestCalibrateAndFiles(t *testing.T) {
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	script := `cd "$1" && echo a > f && echo b >> f && echo c > f && mkdir d && ln -s f l && ln f hard && mv f g && rm g l hard && rmdir d && echo x > ` + filepath.Join(work, "abs")
@@ -634,7 +634,7 @@ func TestLostCounter(t *testing.T) {
 	}
 	dir := t.TempDir()
 	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
-	if err := tr.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(sh, "-c", `cd "$1" && i=0; while [ $i -lt 50 ]; do : > f$i; i=$((i+1)); done`, "sh", dir)
@@ -655,4 +655,54 @@ func TestLostCounter(t *testing.T) {
 	if err := tr.Read(&rec); err != nil {
 		t.Fatalf("Read after overflow: %v", err)
 	}
+}
+
+// A held comm is stopped by the kernel at exec, before its first
+// instruction, and runs once continued; other comms are never stopped.
+func TestExecHold(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	held := copyBinary(t, "/bin/true", dir, "ovtest-held")
+	free := copyBinary(t, "/bin/true", dir, "ovtest-free")
+	if err := h.tr.SetFilter([]string{"ovtest-free"}, false, []string{"ovtest-held"}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(held)
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	h.wait(t, "exec of ovtest-held", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
+	// /bin/true would be long gone if it ran: it stays, stopped.
+	time.Sleep(300 * time.Millisecond)
+	if st := procState(t, pid); st != 'T' {
+		t.Fatalf("held process state %c, want T (stopped)", st)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("held process after SIGCONT: %v", err)
+	}
+
+	cmd = exec.Command(free)
+	start(t, cmd)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a comm that is not held was stopped")
+	}
+}
+
+func procState(t *testing.T, pid int) byte {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return b[i+2]
 }

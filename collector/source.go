@@ -93,8 +93,10 @@ func NewSource(t *bpf.Tracer, proc *Procfs, log *slog.Logger) *Source {
 func (s *Source) CreatedMask() uint32 { return s.createdMask }
 
 // SetFilter tells the kernel which exec comms may match a rule; all lets
-// every exec through.
-func (s *Source) SetFilter(comms []string, all bool) error { return s.t.SetFilter(comms, all) }
+// every exec through; hold comms are stopped at exec until resumed.
+func (s *Source) SetFilter(comms []string, all bool, hold []string) error {
+	return s.t.SetFilter(comms, all, hold)
+}
 
 // Track marks pid as tracked: its forks, exits and file changes are
 // reported from now on.

@@ -117,7 +117,7 @@ func TestSourceExecForkExit(t *testing.T) {
 	}
 	dir := t.TempDir()
 	sh := copyBin(t, "/bin/sh", dir, "ovtest-sh")
-	if err := h.src.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.src.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(sh, "-c", "sleep 0.2 & wait; exit 3", "argv0-kept")
@@ -180,7 +180,7 @@ func TestSourceFiles(t *testing.T) {
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.src.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.src.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Relative paths throughout: resolved against the cwd. mkdir, ln and
@@ -241,7 +241,7 @@ func TestSourceLost(t *testing.T) {
 	h := newSource(t, bpf.Options{RingBufferSize: os.Getpagesize()})
 	dir := t.TempDir()
 	sh := copyBin(t, "/bin/sh", dir, "ovtest-sh")
-	if err := h.src.SetFilter([]string{"ovtest-sh"}, false); err != nil {
+	if err := h.src.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	// One process making 2000 files in a tight loop outruns a one-page

@@ -149,3 +149,17 @@ func waitExit(fd int, d time.Duration) bool {
 		}
 	}
 }
+
+// Resume continues a process the kernel stopped at exec: SIGCONT through a
+// pidfd, once its start time proves the PID still names it.
+func (e *Enforcer) Resume(pid int, born time.Duration) error {
+	fd, err := openPidfd(e.procRoot, pid, born)
+	if err != nil {
+		return fmt.Errorf("resume %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	if err := pidfdSignal(fd, unix.SIGCONT); err != nil && !exited(err) {
+		return fmt.Errorf("resume %d: %w", pid, err)
+	}
+	return nil
+}

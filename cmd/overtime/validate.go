@@ -53,9 +53,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		names[i] = r.Name
 	}
 	fmt.Fprintf(stdout, "%s: valid: mode %s, %d rules (%s)\n", *path, cfg.Mode, len(cfg.Rules), strings.Join(names, ", "))
-	if _, all, unfiltered := cfg.Filter(); all {
+	if f := cfg.Filter(); f.All {
 		fmt.Fprintf(stdout, "%s: note: rules %s give no comm and no exe glob with a literal basename, so every exec on the node goes to user space to be matched; add match.comm to filter in the kernel\n",
-			*path, strings.Join(unfiltered, ", "))
+			*path, strings.Join(f.Unfiltered, ", "))
 	}
 	return exitOK
 }

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The pile-up of Longhorn issue #12896, reproduced: a "manager" that every
+// 100 ms runs the engine binary as `longhorn backup inspect ...`, each of
+// which hangs, and never reaps any of them. Without overtime the live
+// engines grow without bound; with overtime running the Longhorn default
+// profile (timeouts shortened by config, max_running set), the live ones
+// stay at or under the cap, each hung one ends at its deadline, and the
+// zombies the manager leaves are counted with that manager as their parent.
+
+const hangC = `#include <unistd.h>
+int main(void) { for (;;) pause(); }
+`
+
+// manager: spawn argv[2..] every argv[1] ms, never wait for any child.
+const managerC = `#include <stdlib.h>
+#include <unistd.h>
+#include <time.h>
+int main(int argc, char **argv) {
+	struct timespec ts = {0, atoi(argv[1]) * 1000000L};
+	for (;;) {
+		if (fork() == 0) { execv(argv[2], argv + 2); _exit(127); }
+		nanosleep(&ts, 0);
+	}
+}
+`
+
+func compileC(t *testing.T, dir, name, src string) string {
+	t.Helper()
+	c := filepath.Join(dir, name+".c")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, name)
+	if b, err := exec.Command("cc", "-O2", "-o", out, c).CombinedOutput(); err != nil {
+		t.Fatalf("cc %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+// liveEngines counts processes named longhorn whose binary is under dir,
+// running or sleeping (not zombies, not stopped).
+func liveEngines(t *testing.T, engine string) (live, zombies int) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || close < 0 || s[open+1:close] != "longhorn" || close+2 >= len(s) {
+			continue
+		}
+		switch s[close+2] {
+		case 'Z':
+			zombies++
+			continue
+		case 'R', 'S', 'D':
+		default:
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && exe == engine {
+			live++
+		}
+	}
+	return live, zombies
+}
+
+func TestLonghornPileUp(t *testing.T) {
+	dir := t.TempDir()
+	binDir := filepath.Join(dir, "var/lib/longhorn/engine-binaries/longhornio-longhorn-engine-v1.6.2")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	engineBin := compileC(t, dir, "hang", hangC)
+	if err := os.Rename(engineBin, filepath.Join(binDir, "longhorn")); err != nil {
+		t.Fatal(err)
+	}
+	engineBin = filepath.Join(binDir, "longhorn")
+	manager := compileC(t, dir, "manager", managerC)
+	args := fmt.Sprintf("%s 100 %s backup inspect 's3://backupbucket@us-east-1/?backup=backup-1&volume=pvc-1'", manager, engineBin)
+
+	// Without overtime: the pile-up grows without bound.
+	cgA := newTestCgroup(t)
+	mA := cgA.start(t, dir, args)
+	time.Sleep(3 * time.Second)
+	withoutLive, withoutZombies := liveEngines(t, engineBin)
+	_ = os.WriteFile(filepath.Join(cgA.dir, "cgroup.kill"), []byte("1"), 0)
+	mA.waitDone(5 * time.Second)
+	eventually(t, 5*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
+	t.Logf("without overtime, after 3s: %d live longhorn engines, %d zombies", withoutLive, withoutZombies)
+	if withoutLive < 20 {
+		t.Fatalf("the reproduction did not pile up: %d live after 3s", withoutLive)
+	}
+
+	// With overtime: the embedded Longhorn profile, timeout shortened, a cap.
+	defaults, err := exec.Command(binary, "defaults").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(string(defaults), "    timeout: 2m\n    max_running: 0\n", "    timeout: 2s\n    max_running: 5\n", 1)
+	cfg = strings.Replace(cfg, "      grace: 10s\n", "      grace: 1s\n", 1)
+	if cfg == string(defaults) || !strings.Contains(cfg, "max_running: 5") {
+		t.Fatal("could not shorten the longhorn rule of the defaults")
+	}
+	a := startAgent(t, cfg)
+	cgB := newTestCgroup(t)
+	mB := cgB.start(t, dir, args)
+	maxLive := 0
+	end := time.Now().Add(8 * time.Second)
+	for time.Now().Before(end) {
+		if l, _ := liveEngines(t, engineBin); l > maxLive {
+			maxLive = l
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	withLive, withZombies := liveEngines(t, engineBin)
+	t.Logf("with overtime (cap 5, timeout 2s), over 8s: at most %d live engines; at the end %d live, %d zombies", maxLive, withLive, withZombies)
+	if maxLive > 5 {
+		t.Fatalf("live engines reached %d, over the cap of 5", maxLive)
+	}
+	if v := a.metric(`overtime_capped_total{rule="longhorn"}`); v < 10 {
+		t.Fatalf("capped_total = %v, want many", v)
+	}
+	if v := a.metric(`overtime_timeouts_total{rule="longhorn"}`); v < 2 {
+		t.Fatalf("timeouts_total = %v: hung engines not ended at their deadline", v)
+	}
+	eventually(t, 5*time.Second, "zombies counted", func() bool {
+		return a.metric(`overtime_zombie_processes{rule="longhorn"}`) >= 10
+	})
+	zombieSeen := false
+	for _, p := range a.processes() {
+		if p.State == "zombie" {
+			zombieSeen = true
+		}
+	}
+	if !zombieSeen {
+		t.Fatal("no zombie in the API")
+	}
+	var parent any
+	for _, l := range a.logLines("zombie") {
+		parent = l["parent"]
+	}
+	if parent != float64(mB.pid) {
+		t.Fatalf("zombie log names parent %v, want the manager %d", parent, mB.pid)
+	}
+}
