@@ -639,8 +639,38 @@ func (a *Agent) resync() {
 		a.log.Error("resync adopt", "err", err)
 		adopted = nil
 	}
+	pending, err := a.src.Pending()
+	if err != nil {
+		a.log.Error("resync: list undecided candidates", "err", err)
+	}
 	a.reconcile(procs, adopted)
+	a.settlePending(pending, procs)
 	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
+}
+
+// settlePending decides the exec candidates whose records were lost: one of
+// a held comm was stopped by the kernel and waits, so it is resumed unless
+// the scan put it in a tree (which decided for it); the rest are dropped
+// from the kernel's tracked set unless a tree has them.
+func (a *Agent) settlePending(pending []int, scan []collector.Process) {
+	comm := make(map[int]*collector.Process, len(scan))
+	for i := range scan {
+		comm[scan[i].PID] = &scan[i]
+	}
+	for _, pid := range pending {
+		s, alive := comm[pid]
+		m, tracked := a.procs[pid]
+		if alive && a.hold[s.Comm] && !(tracked && m.tree.capped && !a.monitor()) {
+			if err := a.enf.Resume(pid, s.Born); err != nil {
+				a.log.Debug("resume held process", "pid", pid, "err", err)
+			}
+		}
+		if !tracked {
+			if err := a.src.Untrack(pid); err != nil {
+				a.log.Debug("untrack", "pid", pid, "err", err)
+			}
+		}
+	}
 }
 
 // nextWake is when the first timer is due.

@@ -419,3 +419,25 @@ func TestHeldExecsAreResumedUnlessCapped(t *testing.T) {
 		t.Fatalf("calls = %v, want %v", got, want)
 	}
 }
+
+func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
+	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 5", 1)
+	h := newHarness(t, cfg)
+	h.start()
+	// 100 (restic backup) and 101 (restic check) were stopped at exec and
+	// their records lost; 102 (not held) is a plain lost candidate.
+	h.src.pending = []int{100, 101, 102}
+	h.src.scan = []collector.Process{
+		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: s, Born: s},
+		{PID: 101, PPID: 1, Comm: "restic", Args: []string{"restic", "check"}, Start: s, Born: s},
+		{PID: 102, PPID: 1, Comm: "other", Args: []string{"other"}, Start: s, Born: s},
+	}
+	h.send(collector.Event{Type: collector.EventLost, Lost: 3})
+	calls := strings.Join(h.enf.callList(), ",")
+	if !strings.Contains(calls, "resume 100") || !strings.Contains(calls, "resume 101") || strings.Contains(calls, "resume 102") {
+		t.Fatalf("calls = %s", calls)
+	}
+	if _, ok := h.a.procs[100]; !ok || h.src.tracked[101] || h.src.tracked[102] {
+		t.Fatalf("after resync: table %v, kernel tracked %v", h.pids(), h.src.tracked)
+	}
+}

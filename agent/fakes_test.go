@@ -45,6 +45,7 @@ type fakeSource struct {
 	filterEr error
 	parents  map[int]int
 	hold     []string
+	pending  []int
 }
 
 func newFakeSource() *fakeSource {
@@ -92,6 +93,12 @@ func (s *fakeSource) Untrack(pid int) error {
 	defer s.mu.Unlock()
 	delete(s.tracked, pid)
 	return nil
+}
+
+func (s *fakeSource) Pending() ([]int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending, nil
 }
 
 func (s *fakeSource) WatchParent(child, parent int) error {

@@ -23,6 +23,9 @@ type Source interface {
 	// reported from now on. Untrack forgets it.
 	Track(pid int) error
 	Untrack(pid int) error
+	// Pending lists exec candidates the kernel tracks that the agent has
+	// neither tracked nor untracked (their exec records were lost).
+	Pending() ([]int, error)
 	// WatchParent reports EventOrphan for child when parent exits first.
 	WatchParent(child, parent int) error
 	// OpenFiles lists pid's open files (paths as the process sees them).

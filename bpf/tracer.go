@@ -385,3 +385,22 @@ func (t *Tracer) Close() error {
 	})
 	return t.closeErr
 }
+
+// Pending lists the candidates the kernel tracks that user space has not
+// decided on (neither Track nor Untrack): after lost events, the ones whose
+// exec record was dropped.
+func (t *Tracer) Pending() ([]int, error) {
+	var out []int
+	var k uint32
+	var v overtimeTrackedVal
+	it := t.objs.Tracked.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags == trackPending {
+			out = append(out, int(k))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list tracked: %w", err)
+	}
+	return out, nil
+}

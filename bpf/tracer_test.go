@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -675,6 +676,16 @@ func TestExecHold(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if st := procState(t, pid); st != 'T' {
 		t.Fatalf("held process state %c, want T (stopped)", st)
+	}
+	// Undecided, it is listed as pending; once tracked, no longer.
+	if p, err := h.tr.Pending(); err != nil || !slices.Contains(p, pid) {
+		t.Fatalf("Pending() = %v %v, want it to hold %d", p, err, pid)
+	}
+	if err := h.tr.Track(pid); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := h.tr.Pending(); slices.Contains(p, pid) {
+		t.Fatalf("a tracked pid is still pending")
 	}
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)

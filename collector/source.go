@@ -108,6 +108,10 @@ func (s *Source) Untrack(pid int) error {
 	return s.t.Untrack(pid)
 }
 
+// Pending lists the exec candidates the kernel tracks that were neither
+// tracked nor untracked: after lost events, those whose exec was dropped.
+func (s *Source) Pending() ([]int, error) { return s.t.Pending() }
+
 // Scan lists the processes running now, from procfs.
 func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
 
