@@ -488,8 +488,7 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 		a.m.killLatency.WithLabelValues(t.rule.Name).Observe(lat.Seconds())
 		a.record(t, t.rootPID, "kill", "confirmed", "tree gone "+lat.String()+" after deadline + grace")
 	}
-	a.log.Info("tree ended", "rule", t.rule.Name, "pid", t.rootPID, "outcome", outcome,
-		"runtime", runtime.String(), "cgroup", t.name)
+	a.log.Info("tree ended", a.rootAttrs(t, "outcome", outcome, "tree_cgroup", t.name)...)
 	if cleanupApplies(t.rule.Cleanup.When, outcome) {
 		a.cleanup(t)
 	}
@@ -678,8 +677,12 @@ func (a *Agent) nextWake() (time.Duration, bool) { return a.timers.next() }
 
 // procAttrs are the log attributes of an action on p.
 func (a *Agent) procAttrs(p *proc, extra ...any) []any {
+	end := a.clock.Now()
+	if p.exited {
+		end = p.exitAt // the runtime of an ended process stops at its exit
+	}
 	attrs := []any{"rule", p.tree.rule.Name, "pid", p.PID, "comm", p.Comm, "cgroup", p.Cgroup,
-		"runtime", (a.clock.Now() - p.Start).Round(time.Millisecond).String()}
+		"runtime", (end - p.Start).Round(time.Millisecond).String()}
 	if p.podUID != "" {
 		attrs = append(attrs, "pod_uid", p.podUID)
 	}

@@ -50,7 +50,7 @@ func (a *Agent) addCreated(t *tree, c *created) {
 	if _, ok := t.created[c.path]; !ok && len(t.created) >= a.cfg.Limits.MaxCreatedFiles {
 		a.m.limitHits.WithLabelValues("max_created_files").Inc()
 		a.log.Warn("not recording created file: max_created_files reached",
-			"rule", t.rule.Name, "pid", c.pid, "path", c.path, "limit", a.cfg.Limits.MaxCreatedFiles)
+			a.rootAttrs(t, "path", c.path, "creator", c.pid, "limit", a.cfg.Limits.MaxCreatedFiles)...)
 		return
 	}
 	t.seq++
@@ -81,7 +81,7 @@ func (a *Agent) cleanup(t *tree) {
 			// Most of what an engine creates is its data: counted, and
 			// only logged at debug level.
 			a.m.cleanupSkipped.WithLabelValues(r.Name, "outside_paths").Inc()
-			a.log.Debug("cleanup skipped", "rule", r.Name, "pid", c.pid, "path", c.path, "reason", "outside_paths")
+			a.log.Debug("cleanup skipped", a.rootAttrs(t, "path", c.path, "reason", "outside_paths", "creator", c.pid)...)
 			continue
 		}
 		freed, reason, err := a.enf.Remove(t.name, c.path, c.dev, c.ino, a.monitor())
@@ -89,18 +89,18 @@ func (a *Agent) cleanup(t *tree) {
 		case err != nil:
 			a.m.cleanupErrors.WithLabelValues(r.Name).Inc()
 			a.record(t, c.pid, "cleanup", "error", c.path+": "+err.Error())
-			a.log.Error("cleanup failed", "rule", r.Name, "pid", c.pid, "path", c.path, "err", err)
+			a.log.Error("cleanup failed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "err", err)...)
 		case reason != "":
 			a.skip(t, c.pid, c.path, reason)
 		case a.monitor():
 			a.m.cleanupSkipped.WithLabelValues(r.Name, "monitor").Inc()
 			a.record(t, c.pid, "cleanup", "skipped_monitor", "would remove "+c.path)
-			a.log.Warn("would remove (monitor mode)", "rule", r.Name, "pid", c.pid, "path", c.path)
+			a.log.Warn("would remove (monitor mode)", a.rootAttrs(t, "path", c.path, "creator", c.pid)...)
 		default:
 			a.m.removedFiles.WithLabelValues(r.Name).Inc()
 			a.m.removedBytes.WithLabelValues(r.Name).Add(float64(freed))
 			a.record(t, c.pid, "cleanup", "ok", "removed "+c.path)
-			a.log.Info("removed", "rule", r.Name, "pid", c.pid, "path", c.path, "bytes", freed)
+			a.log.Info("removed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "bytes", freed)...)
 		}
 	}
 	// Files the tree used but did not create are never removed; say so
@@ -120,7 +120,7 @@ func (a *Agent) cleanup(t *tree) {
 func (a *Agent) skip(t *tree, pid int, path, reason string) {
 	a.m.cleanupSkipped.WithLabelValues(t.rule.Name, reason).Inc()
 	a.record(t, pid, "cleanup", "skipped", reason+": "+path)
-	a.log.Info("cleanup skipped", "rule", t.rule.Name, "pid", pid, "path", path, "reason", reason)
+	a.log.Info("cleanup skipped", a.rootAttrs(t, "path", path, "reason", reason, "creator", pid)...)
 }
 
 func anyPath(globs []string, p string) bool {
