@@ -79,7 +79,11 @@ cannot say so, so the template does.
 {{- end }}
 {{- $_ := set $seen .name true }}
 {{- end }}
-{{- toYaml (dict "mode" .Values.config.mode "rules" .Values.config.rules) }}
+{{- $cfg := dict "mode" .Values.config.mode "rules" .Values.config.rules }}
+{{- with .Values.config.limits }}
+{{- $_ := set $cfg "limits" . }}
+{{- end }}
+{{- toYaml $cfg }}
 {{- end }}
 
 {{/*
