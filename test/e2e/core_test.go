@@ -101,6 +101,15 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 	if v := a.metric(`overtime_process_runtime_seconds_count{outcome="killed",rule="ovt-stubborn"}`); v != 1 {
 		t.Fatalf("runtime histogram count{killed} = %v", v)
 	}
+	var seen []string
+	for _, act := range a.actions() {
+		if act.PID == p.pid && act.Rule == "ovt-stubborn" {
+			seen = append(seen, act.Action+":"+act.Result)
+		}
+	}
+	if strings.Join(seen, ",") != "signal:ok,kill:ok,kill:confirmed" {
+		t.Fatalf("actions of the tree = %v", seen)
+	}
 	if code := a.stop(); code != 0 {
 		t.Fatalf("agent exit code on SIGTERM = %d, want 0", code)
 	}

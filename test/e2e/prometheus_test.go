@@ -553,6 +553,18 @@ func TestAlertLeakedFiresInPrometheus(t *testing.T) {
 	if n := len(prom.query(fmt.Sprintf(`overtime_overdue_process_info{rule=%q}`, name))); n != 0 {
 		t.Errorf("%d overdue_process_info series left in Prometheus after the process died", n)
 	}
+	// And no other alert of the chart stands against a healthy agent whose
+	// only overdue process is gone (OvertimeAgentDown's absent() may pend
+	// before the first scrape, never after).
+	var all struct {
+		Alerts []promAlert `json:"alerts"`
+	}
+	if err := prom.api("/api/v1/alerts", &all); err != nil {
+		t.Fatal(err)
+	}
+	for _, al := range all.Alerts {
+		t.Errorf("alert %s %s against a healthy agent: %v", al.Labels["alertname"], al.State, al.Labels)
+	}
 }
 
 func writeYAML(t *testing.T, path string, v any) {
