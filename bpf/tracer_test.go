@@ -52,7 +52,7 @@ func threadsHelper() {
 			// A goroutine that returns while locked to its thread ends
 			// the thread.
 			runtime.LockOSThread()
-			time.Sleep(time.Duration(50*(i+1)) * time.Millisecond)
+			time.Sleep(time.Duration(100*(i+1)) * time.Millisecond)
 		}()
 	}
 	wg.Wait()
@@ -486,9 +486,13 @@ func TestMultithreadedExitOnce(t *testing.T) {
 	start(t, cmd)
 	pid := cmd.Process.Pid
 	execRec := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
-	// Count threads while it runs: it must really be multi-threaded.
-	time.Sleep(30 * time.Millisecond)
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	// Count threads while it runs: it must really be multi-threaded. A
+	// loaded machine may take a while to start them: poll.
+	var tasks []os.DirEntry
+	for i := 0; i < 200 && len(tasks) < 5; i++ {
+		tasks, _ = os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +504,7 @@ func TestMultithreadedExitOnce(t *testing.T) {
 		t.Errorf("%d exit records for a %d-thread process, want 1", n, len(tasks))
 	}
 	exit := h.wait(t, "exit", func(r *Record) bool { return r.Type == TypeExit && r.TGID == uint32(pid) })
-	// The threads ended over 200ms, the group 200ms after: the exit record
+	// The threads ended over 400ms, the group 200ms after: the exit record
 	// must come from the end of the group, not the first thread.
 	if d := time.Duration(exit.Time - execRec.Time); d < 400*time.Millisecond {
 		t.Errorf("exit %v after exec, before the group ended", d)

@@ -2,10 +2,15 @@ package enforcer
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -286,5 +291,74 @@ func TestParseCgroupFile(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("parseCgroupFile(%q, %v) = %q, %v", tc.in, tc.v1, got, err)
 		}
+	}
+}
+
+// A member's PID is reused by an unrelated process before the tree is
+// signalled (the agent has not seen the exit yet): the newcomer is never
+// signalled, because members are reached only through their pidfds and the
+// tree cgroup. Reuse is forced with ns_last_pid, the next PID the kernel
+// hands out in this PID namespace.
+func TestReusedPIDNeverSignalled(t *testing.T) {
+	p := newParent(t, false)
+	e := newEnforcer(t, ModeHybrid)
+	victim := start(t, p, "exec sleep 1000")
+	waitForComm(t, victim.pid, "sleep")
+	name := treeName(t, e)
+	// Unmovable, so the enforcer holds it by its pidfd alone.
+	e.h = failAdd{hierarchy: e.h, pid: victim.pid}
+	if err := e.Confine(name, victim.pid, born(t, victim.pid)); !errors.Is(err, ErrUnconfined) {
+		t.Fatalf("Confine = %v, want ErrUnconfined", err)
+	}
+	pid := victim.pid
+	if err := unix.PidfdSendSignal(victim.pidfd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !victim.waitExit(5 * time.Second) {
+		t.Fatal("victim did not die")
+	}
+	// Wait for the reap, then hand its PID to a newcomer.
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var newcomer *exec.Cmd
+	for try := 0; try < 20 && newcomer == nil; try++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Skipf("cannot set ns_last_pid: %v", err)
+		}
+		c := exec.Command("sleep", "1000")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if c.Process.Pid == pid {
+			newcomer = c
+			break
+		}
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	if newcomer == nil {
+		t.Skip("could not get the PID reused (other forks raced)")
+	}
+	t.Cleanup(func() { _ = newcomer.Process.Kill(); _ = newcomer.Wait() })
+
+	if n, err := e.Signal(name, unix.SIGTERM); err != nil || n != 0 {
+		t.Fatalf("Signal = %d, %v: want 0 processes signalled", n, err)
+	}
+	if err := e.Kill(name); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := newcomer.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the process that reused the PID was signalled: %v", err)
+	}
+	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), "(sleep) S") {
+		t.Fatalf("newcomer state: %s", st)
+	}
+	if err := e.Release(name); err != nil {
+		t.Fatal(err)
 	}
 }

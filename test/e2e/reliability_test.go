@@ -123,3 +123,32 @@ func countProcsIn(dir string) int {
 	}
 	return n
 }
+
+// Lost events: with a ring buffer of one page and a burst of execs, the
+// kernel drops records; the agent counts them, rescans procfs and still
+// tracks every matching process that lives on.
+func TestLostEventsResync(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	a := startAgent(t, rule("ovt-burst", "1h", "1s", ""), "--ring-buffer-size", "4096")
+	eng := engine(t, dir, "ovt-burst", "sleep 1000 &\nwait")
+	// 200 long-lived matching processes started at once, each forking a
+	// child: far more records than one page holds.
+	cg.start(t, dir, fmt.Sprintf("/bin/sh -c 'i=0; while [ $i -lt 200 ]; do %s & i=$((i+1)); done; wait'", eng))
+	eventually(t, 20*time.Second, "events lost and a resync made", func() bool {
+		return a.metric("overtime_events_lost_total") > 0 && a.metric("overtime_resyncs_total") > 0
+	})
+	// Every one of the 200 and its child is tracked, whatever was lost.
+	eventually(t, 20*time.Second, "all 200 trees tracked", func() bool {
+		roots, kids := 0, 0
+		for _, p := range a.processes() {
+			switch {
+			case p.Rule == "ovt-burst" && p.Comm == "ovt-burst":
+				roots++
+			case p.Rule == "ovt-burst" && p.Comm == "sleep":
+				kids++
+			}
+		}
+		return roots == 200 && kids == 200
+	})
+}
