@@ -172,13 +172,18 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
 // adopt rebuilds a tree from a cgroup an earlier run created.
 func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process) {
 	ruleName, rootPID, start, ok := parseTreeName(name)
+	if !ok {
+		// Not a name this agent makes: someone else's; leave it alone.
+		a.log.Debug("ignoring a cgroup that is not an overtime tree", "cgroup", name)
+		return
+	}
 	var rule *Rule
 	for _, r := range a.cfg.Rules {
 		if r.Name == ruleName {
 			rule = r
 		}
 	}
-	if !ok || rule == nil {
+	if rule == nil {
 		// Its rule is gone from the config: give the processes back.
 		a.log.Warn("releasing tree cgroup of an unknown rule", "cgroup", name, "rule", ruleName)
 		if err := a.enf.Release(name); err != nil {

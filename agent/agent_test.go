@@ -158,7 +158,7 @@ overtime_overdue_processes{rule="restic"} 1
 func TestStartupScanKeepsRealStartAndAdoptsTrees(t *testing.T) {
 	h := newHarness(t, resticRule)
 	adopted := treeName("restic", 300, 100*s)
-	h.enf.adopt = map[string][]int{adopted: {300, 301}, treeName("gone-rule", 400, 0): {400}}
+	h.enf.adopt = map[string][]int{adopted: {300, 301}, treeName("gone-rule", 400, 0): {400}, "overtime.not-ours": {400}}
 	h.src.scan = []collector.Process{
 		// Started 4 minutes before "now" (1000s): 1 minute left.
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 760 * s, Born: 760 * s},
@@ -174,6 +174,9 @@ func TestStartupScanKeepsRealStartAndAdoptsTrees(t *testing.T) {
 	}
 	if h.enf.count("release "+treeName("gone-rule", 400, 0)) != 1 {
 		t.Fatalf("a tree cgroup of an unknown rule was not given back: %v", h.enf.callList())
+	}
+	if h.enf.count("release overtime.not-ours") != 0 {
+		t.Fatalf("a cgroup whose name overtime does not make was touched: %v", h.enf.callList())
 	}
 	// The adopted tree is long overdue: TERM at once (its real deadline).
 	h.at(1000 * s)

@@ -242,7 +242,7 @@ func TestAdoptAfterCrash(t *testing.T) {
 		t.Fatalf("Adopt found %v for %s, want %v", got, name, want)
 	}
 	for n := range found {
-		if len(n) < len("overtime.") || n[:len("overtime.")] != "overtime." {
+		if !strings.HasPrefix(n, testPrefix+".") {
 			t.Fatalf("Adopt returned a foreign cgroup %q", n)
 		}
 	}

@@ -265,7 +265,9 @@ func cgroupPath(t *testing.T, pid int, v1 bool) string {
 
 func newEnforcer(t *testing.T, mode string) *Enforcer {
 	t.Helper()
-	e, err := New(Options{Mode: mode})
+	// A prefix of the tests' own: an agent running on the same machine
+	// never adopts these trees, and these tests never see its trees.
+	e, err := New(Options{Mode: mode, Prefix: testPrefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,8 +275,10 @@ func newEnforcer(t *testing.T, mode string) *Enforcer {
 }
 
 // treeName is a fresh tree name; Release runs at the end in any case.
+const testPrefix = "ovtestenf"
+
 func treeName(t *testing.T, e *Enforcer) string {
-	name := "overtime.enftest." + randName()
+	name := testPrefix + ".enftest." + randName()
 	t.Cleanup(func() { _ = e.Release(name) })
 	return name
 }

@@ -232,7 +232,7 @@ func TestRemove(t *testing.T) {
 		f := filepath.Join(t.TempDir(), "f")
 		writeFile(t, f, 3)
 		dev, ino := devIno(t, f)
-		mustRemove(t, e, "overtime.never-confined", f, dev, ino, false, SkipNoNamespace)
+		mustRemove(t, e, testPrefix+".never-confined", f, dev, ino, false, SkipNoNamespace)
 		if !exists(f) {
 			t.Fatal("removed without a namespace")
 		}

@@ -79,21 +79,28 @@ func newTestCgroup(t *testing.T) *testCgroup {
 	}
 	cg := &testCgroup{dir: dir, path: "/" + name}
 	t.Cleanup(func() {
-		// Kill what is left (only processes in our own cgroup), then remove.
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			if e.IsDir() {
-				sub := filepath.Join(dir, e.Name())
-				_ = os.WriteFile(filepath.Join(sub, "cgroup.kill"), []byte("1"), 0)
-				waitEmpty(sub)
-				_ = os.Remove(sub)
+		// Kill what is left (only processes in our own cgroup, and in the
+		// tree cgroups an agent made in it), then remove. A running agent
+		// may still be making a tree cgroup: retry.
+		var err error
+		for try := 0; try < 50; try++ {
+			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				if e.IsDir() {
+					sub := filepath.Join(dir, e.Name())
+					_ = os.WriteFile(filepath.Join(sub, "cgroup.kill"), []byte("1"), 0)
+					waitEmpty(sub)
+					_ = os.Remove(sub)
+				}
 			}
+			waitEmpty(dir)
+			if err = os.Remove(dir); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		waitEmpty(dir)
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove test cgroup: %v", err)
-		}
+		t.Errorf("remove test cgroup: %v", err)
 	})
 	return cg
 }

@@ -98,7 +98,7 @@ func TestLonghornPileUp(t *testing.T) {
 	withoutLive, withoutZombies := liveEngines(t, engineBin)
 	_ = os.WriteFile(filepath.Join(cgA.dir, "cgroup.kill"), []byte("1"), 0)
 	mA.waitDone(5 * time.Second)
-	eventually(t, 5*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
+	eventually(t, 15*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
 	t.Logf("without overtime, after 3s: %d live longhorn engines, %d zombies", withoutLive, withoutZombies)
 	if withoutLive < 20 {
 		t.Fatalf("the reproduction did not pile up: %d live after 3s", withoutLive)
@@ -114,8 +114,8 @@ func TestLonghornPileUp(t *testing.T) {
 	if cfg == string(defaults) || !strings.Contains(cfg, "max_running: 5") {
 		t.Fatal("could not shorten the longhorn rule of the defaults")
 	}
+	cgB := newTestCgroup(t) // before the agent: removed after it stops
 	a := startAgent(t, cfg)
-	cgB := newTestCgroup(t)
 	mB := cgB.start(t, dir, args)
 	maxLive := 0
 	end := time.Now().Add(8 * time.Second)
@@ -136,7 +136,7 @@ func TestLonghornPileUp(t *testing.T) {
 	if v := a.metric(`overtime_timeouts_total{rule="longhorn"}`); v < 2 {
 		t.Fatalf("timeouts_total = %v: hung engines not ended at their deadline", v)
 	}
-	eventually(t, 5*time.Second, "zombies counted", func() bool {
+	eventually(t, 15*time.Second, "zombies counted", func() bool {
 		return a.metric(`overtime_zombie_processes{rule="longhorn"}`) >= 10
 	})
 	zombieSeen := false

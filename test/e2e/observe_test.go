@@ -74,7 +74,7 @@ rules:
 	if !p.waitDone(10 * time.Second) {
 		t.Fatal("enforce mode did not end the overdue process")
 	}
-	eventually(t, 5*time.Second, "series back to zero", func() bool {
+	eventually(t, 15*time.Second, "series back to zero", func() bool {
 		return enf.metric(`overtime_overdue_processes{rule="ovt-watch"}`) == 0 && enf.metric(info) == -1
 	})
 	if v := enf.metric(`overtime_timeouts_total{rule="ovt-watch"}`); v != 1 {
@@ -92,7 +92,7 @@ func TestOrphan(t *testing.T) {
 	caller := engine(t, dir, "caller", fmt.Sprintf("%s &\necho $! > %s/child\nsleep 1", eng, dir))
 	c := cg.start(t, dir, caller)
 	var child int
-	eventually(t, 5*time.Second, "engine tracked", func() bool {
+	eventually(t, 15*time.Second, "engine tracked", func() bool {
 		b, _ := os.ReadFile(filepath.Join(dir, "child"))
 		fmt.Sscan(string(b), &child)
 		_, ok := a.process(child)
@@ -108,7 +108,7 @@ func TestOrphan(t *testing.T) {
 	if !c.waitDone(5 * time.Second) {
 		t.Fatal("caller did not exit")
 	}
-	eventually(t, 5*time.Second, "orphan flagged", func() bool {
+	eventually(t, 15*time.Second, "orphan flagged", func() bool {
 		p, _ := a.process(child)
 		return p.Orphaned && a.metric(`overtime_orphaned_processes{rule="ovt-orphan"}`) == 1
 	})

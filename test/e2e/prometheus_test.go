@@ -465,7 +465,7 @@ func TestAlertLeakedFiresInPrometheus(t *testing.T) {
 	started := time.Now()
 	p := cg.start(t, dir, eng)
 	pid := strconv.Itoa(p.pid)
-	eventually(t, 5*time.Second, "the engine tracked", func() bool {
+	eventually(t, 15*time.Second, "the engine tracked", func() bool {
 		_, ok := a.process(p.pid)
 		return ok
 	})
