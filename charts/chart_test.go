@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go/build"
 	"os"
 	"os/exec"
 	"overtime/agent"
@@ -17,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"overtime/internal/testtool"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,10 +31,6 @@ const (
 	releaseName      = "overtime"
 	releaseNamespace = "overtime-system"
 )
-
-// requireToolsEnv, when set, turns a missing helm or promtool into a test
-// failure instead of a skip (CI sets it once it installs both).
-const requireToolsEnv = "OVERTIME_REQUIRE_TOOLS"
 
 // registryMetricNames returns the names the agent registers on its
 // Prometheus registry (histograms by their base name), from its real
@@ -71,26 +68,8 @@ var allOptional = []string{
 
 // ---- tools -------------------------------------------------------------
 
-// tool finds a command on PATH or in GOPATH/bin (where `go install` puts
-// helm). A missing tool skips the test, or fails it when requireToolsEnv is
-// set.
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range filepath.SplitList(build.Default.GOPATH) {
-		p := filepath.Join(dir, "bin", name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p
-		}
-	}
-	if os.Getenv(requireToolsEnv) != "" {
-		t.Fatalf("%s not found on PATH or in GOPATH/bin, and %s is set", name, requireToolsEnv)
-	}
-	t.Skipf("%s not found on PATH or in GOPATH/bin (set %s to make this a failure)", name, requireToolsEnv)
-	return ""
-}
+// tool finds a command the test runs (see testtool.Find).
+func tool(t *testing.T, name string) string { return testtool.Find(t, name) }
 
 // run runs a command and returns its stdout; stderr goes into the error.
 func run(bin string, args ...string) (string, error) {

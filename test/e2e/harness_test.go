@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"go/build"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"overtime/agent"
+	"overtime/internal/testtool"
 )
 
 var binary string // the overtime binary built once for all tests
@@ -306,23 +308,8 @@ func (a *agentProc) crash() {
 	<-a.done
 }
 
-type apiProcess struct {
-	PID            int       `json:"pid"`
-	Rule           string    `json:"rule"`
-	Comm           string    `json:"comm"`
-	Args           []string  `json:"args"`
-	Exe            string    `json:"exe"`
-	Cgroup         string    `json:"cgroup"`
-	PodUID         string    `json:"pod_uid"`
-	ContainerID    string    `json:"container_id"`
-	StartedAt      time.Time `json:"started_at"`
-	Deadline       time.Time `json:"deadline"`
-	RuntimeSeconds float64   `json:"runtime_seconds"`
-	State          string    `json:"state"`
-	Orphaned       bool      `json:"orphaned"`
-	OpenFiles      []string  `json:"open_files"`
-	CreatedFiles   []string  `json:"created_files"`
-}
+// apiProcess and apiAction are the agent's API types, decoded from JSON.
+type apiProcess = agent.ProcessInfo
 
 func (a *agentProc) processes() []apiProcess {
 	a.t.Helper()
@@ -340,14 +327,7 @@ func (a *agentProc) process(pid int) (apiProcess, bool) {
 	return apiProcess{}, false
 }
 
-type apiAction struct {
-	Time   time.Time `json:"time"`
-	Rule   string    `json:"rule"`
-	PID    int       `json:"pid"`
-	Action string    `json:"action"`
-	Result string    `json:"result"`
-	Reason string    `json:"reason"`
-}
+type apiAction = agent.Action
 
 func (a *agentProc) actions() []apiAction {
 	a.t.Helper()
@@ -469,27 +449,5 @@ func pidAlive(pid int) bool {
 	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
 
-// requireToolsEnv, when set, turns a missing external tool (helm, promtool,
-// prometheus) into a test failure instead of a skip, as in charts/.
-const requireToolsEnv = "OVERTIME_REQUIRE_TOOLS"
-
-// tool finds a command on PATH or in GOPATH/bin (where `go install` puts
-// helm). A missing tool skips the test, or fails it when requireToolsEnv is
-// set.
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range filepath.SplitList(build.Default.GOPATH) {
-		p := filepath.Join(dir, "bin", name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p
-		}
-	}
-	if os.Getenv(requireToolsEnv) != "" {
-		t.Fatalf("%s not found on PATH or in GOPATH/bin, and %s is set", name, requireToolsEnv)
-	}
-	t.Skipf("%s not found on PATH or in GOPATH/bin (set %s to make this a failure)", name, requireToolsEnv)
-	return ""
-}
+// tool finds a command the test runs (see testtool.Find).
+func tool(t *testing.T, name string) string { return testtool.Find(t, name) }
