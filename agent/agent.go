@@ -333,6 +333,28 @@ func setOf(list []string) map[string]bool {
 	return m
 }
 
+// release removes a dead tree's cgroup. The kernel reports an exit a moment
+// before it takes the task out of its cgroup, so the cgroup may still be
+// busy: then it is tried again from a timer, never by sleeping in the loop.
+func (a *Agent) release(t *tree, now time.Duration, try int) {
+	err := a.enf.Release(t.name)
+	if err == nil {
+		return
+	}
+	var b interface{ Busy() bool }
+	if errors.As(err, &b) && b.Busy() && try < releaseTries {
+		a.timers.add(timer{at: now + releaseDelay<<try, kind: timerRelease, tree: t, pid: try + 1})
+		return
+	}
+	a.log.Error("remove tree cgroup", "rule", t.rule.Name, "cgroup", t.name, "err", err)
+}
+
+// Retries of a busy tree cgroup: 1 ms, doubling, about 4 s in all.
+const (
+	releaseDelay = time.Millisecond
+	releaseTries = 12
+)
+
 // isGone reports whether the enforcer said the process no longer exists.
 func isGone(err error) bool {
 	var g interface{ Gone() bool }
@@ -497,9 +519,7 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 	if cleanupApplies(t.rule.Cleanup.When, outcome) {
 		a.cleanup(t)
 	}
-	if err := a.enf.Release(t.name); err != nil {
-		a.log.Error("remove tree cgroup", "rule", t.rule.Name, "cgroup", t.name, "err", err)
-	}
+	a.release(t, at, 0)
 	if len(t.members) == 0 {
 		delete(a.trees, t.name)
 	}
@@ -538,6 +558,8 @@ func (a *Agent) tick(now time.Duration) {
 			if !t.ended && a.trees[t.name] == t {
 				a.confirm(t, now)
 			}
+		case timerRelease:
+			a.release(t, now, tm.pid)
 		case timerGone:
 			if p, ok := a.procs[tm.pid]; ok && p.tree == t && !p.exited {
 				a.memberExited(p, now, 0)

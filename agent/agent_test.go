@@ -444,3 +444,25 @@ func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
 		t.Fatalf("after resync: table %v, kernel tracked %v", h.pids(), h.src.tracked)
 	}
 }
+
+func TestBusyTreeCgroupReleasedFromATimer(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.at(0)
+	h.enf.busy = 2
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exit(100, 0, 0)
+	name := treeName("restic", 100, 0)
+	if n := h.enf.count("release " + name); n != 1 {
+		t.Fatalf("released %d times at exit, want 1 try", n)
+	}
+	h.at(releaseDelay)
+	h.at(releaseDelay + 2*releaseDelay)
+	if n := h.enf.count("release " + name); n != 3 {
+		t.Fatalf("release tries = %d, want 3 (two busy, then done)", n)
+	}
+	h.at(time.Hour)
+	if n := h.enf.count("release " + name); n != 3 {
+		t.Fatalf("released again after success: %d", n)
+	}
+}

@@ -125,6 +125,7 @@ type fakeEnforcer struct {
 	adopt    map[string][]int
 	gone     map[int]bool // Confine says these are gone
 	removeFn func(path string) (int64, string, error)
+	busy     int // Release answers busy this many times
 }
 
 type goneErr struct{}
@@ -181,10 +182,19 @@ func (e *fakeEnforcer) Kill(tree string) error {
 	return nil
 }
 
+type busyErr struct{}
+
+func (busyErr) Error() string { return "cgroup busy" }
+func (busyErr) Busy() bool    { return true }
+
 func (e *fakeEnforcer) Release(tree string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.log("release %s", tree)
+	if e.busy > 0 {
+		e.busy--
+		return busyErr{}
+	}
 	delete(e.members, tree)
 	return nil
 }

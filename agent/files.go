@@ -29,6 +29,9 @@ func (a *Agent) onFile(ev collector.Event) {
 		delete(t.created, f.NewPath)
 		if c, ok := t.created[f.Path]; ok {
 			delete(t.created, f.Path)
+			if c.ino == 0 { // renamed before its mkdir/symlink/link record was read: lstat found nothing then
+				c.dev, c.ino = f.Dev, f.Ino
+			}
 			c.path = f.NewPath
 			t.created[f.NewPath] = c
 		}

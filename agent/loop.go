@@ -119,7 +119,17 @@ func (a *Agent) shutdown() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name, t := range a.trees {
-		if err := a.enf.Release(name); err != nil {
+		// Stopping may wait: a cgroup whose last tasks are still exiting
+		// is retried for a moment.
+		var err error
+		for try := 0; try < 100; try++ {
+			var b interface{ Busy() bool }
+			if err = a.enf.Release(name); !errors.As(err, &b) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
 			a.log.Error("release tree cgroup at stop", "rule", t.rule.Name, "cgroup", name, "err", err)
 		}
 		for pid := range t.members {

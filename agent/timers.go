@@ -14,6 +14,7 @@ const (
 	timerConfirm                   // check that a killed tree is gone
 	timerZombie                    // an exited member still unreaped?
 	timerGone                      // a member gone at confinement: did its exit come?
+	timerRelease                   // retry removing a busy tree cgroup (pid: the try)
 )
 
 // goneGrace is how long a member found gone at confinement waits for its

@@ -30,6 +30,11 @@ func killTreeTest(t *testing.T, v1 bool, mode string) {
 	root := start(t, p, treeScript)
 	neighbour := start(t, p, "exec sleep 100")
 	kids := children(t, root.pid, 2)
+	for _, k := range kids {
+		// Until it has executed sleep, a child is a copy of the shell
+		// with its TERM trap.
+		waitForComm(t, k.pid, "sleep")
+	}
 	name := treeName(t, e)
 	confine(t, e, name, root, kids[0], kids[1])
 
@@ -67,13 +72,13 @@ func killTreeTest(t *testing.T, v1 bool, mode string) {
 	if !neighbour.alive() {
 		t.Fatal("neighbour killed")
 	}
-	if err := e.Release(name); err != nil {
+	if err := release(e, name); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
 	if _, err := os.Stat(treeDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("tree cgroup still there: %v", err)
 	}
-	if err := e.Release(name); err != nil {
+	if err := release(e, name); err != nil {
 		t.Fatalf("second Release: %v", err)
 	}
 	if !neighbour.alive() {
@@ -205,7 +210,7 @@ func TestReleaseGivesMembersBack(t *testing.T) {
 			if c := cgroupPath(t, q.pid, v1); c != path.Join(p.group, name) {
 				t.Fatalf("in %s before Release", c)
 			}
-			if err := e.Release(name); err != nil {
+			if err := release(e, name); err != nil {
 				t.Fatalf("Release: %v", err)
 			}
 			if !q.alive() {
@@ -256,7 +261,7 @@ func TestAdoptAfterCrash(t *testing.T) {
 			t.Fatalf("pid %d survived Kill", q.pid)
 		}
 	}
-	if err := e2.Release(name); err != nil {
+	if err := release(e2, name); err != nil {
 		t.Fatalf("Release adopted: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(p.dir(), name)); !errors.Is(err, os.ErrNotExist) {
@@ -358,7 +363,7 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), "(sleep) S") {
 		t.Fatalf("newcomer state: %s", st)
 	}
-	if err := e.Release(name); err != nil {
+	if err := release(e, name); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -121,15 +121,8 @@ func (h v1) freeze(group string) error {
 	}
 }
 
-func (h v1) remove(group string) error {
-	cg, err := h.load(group)
-	if err != nil {
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
-			return fmt.Errorf("%s: %w", h.dir(group), unix.ENOENT)
-		}
-		return err
-	}
-	return cg.Delete()
-}
+// remove is a plain rmdir (the hierarchy holds only the freezer): the
+// library's Delete retries with sleeps, and the agent's loop must not sleep.
+func (h v1) remove(group string) error { return unix.Rmdir(h.dir(group)) }
 
 func (h v1) mountpoint() string { return h.mount }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/containerd/cgroups/v3/cgroup2"
 )
 
@@ -78,12 +80,8 @@ func (h v2) kill(group string, _ func(pid int) error) error {
 	return m.Kill()
 }
 
-func (h v2) remove(group string) error {
-	m, err := h.load(group)
-	if err != nil {
-		return err
-	}
-	return m.Delete()
-}
+// remove is a plain rmdir: the library's Delete retries with sleeps, and
+// the agent's event loop must never sleep.
+func (h v2) remove(group string) error { return unix.Rmdir(h.dir(group)) }
 
 func (h v2) mountpoint() string { return h.mount }

@@ -30,9 +30,17 @@ var (
 	ErrUnknownTree = errors.New("unknown tree")
 )
 
-// releaseWait bounds how long Release waits for the last tasks of a killed
-// tree to finish exiting before the cgroup can be removed.
-const releaseWait = 2 * time.Second
+// busyError: the tree cgroup still holds tasks that are finishing their
+// exit (the exit tracepoint fires before the kernel takes a task out of its
+// cgroup). Release does not wait: callers test for it by shape (a Busy
+// method) and retry a little later, without blocking their event loop.
+type busyError struct{ err error }
+
+func (b busyError) Error() string { return b.err.Error() }
+func (b busyError) Unwrap() error { return b.err }
+
+// Busy reports that the cgroup is not empty yet.
+func (busyError) Busy() bool { return true }
 
 // Options configure New. The zero value detects everything.
 type Options struct {
@@ -412,17 +420,14 @@ func (e *Enforcer) moveChecked(from, to string, pid int) error {
 // removeGroup removes a tree cgroup, retrying while its last tasks finish
 // exiting (a killed task leaves cgroup.procs a moment after SIGKILL).
 func (e *Enforcer) removeGroup(group string) error {
-	deadline := time.Now().Add(releaseWait)
-	for {
-		err := e.h.remove(group)
-		if err == nil || !e.h.exists(group) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("remove cgroup %s: %w", group, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	err := e.h.remove(group)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		return busyError{fmt.Errorf("remove cgroup %s: %w", group, err)}
 	}
+	return fmt.Errorf("remove cgroup %s: %w", group, err)
 }
 
 // Adopt implements agent.Enforcer. It walks the hierarchy read-only and

@@ -279,7 +279,7 @@ const testPrefix = "ovtestenf"
 
 func treeName(t *testing.T, e *Enforcer) string {
 	name := testPrefix + ".enftest." + randName()
-	t.Cleanup(func() { _ = e.Release(name) })
+	t.Cleanup(func() { _ = release(e, name) })
 	return name
 }
 
@@ -302,4 +302,18 @@ func sortedInts(s []int) []int {
 		}
 	}
 	return out
+}
+
+// release is Release retried while the cgroup is busy with tasks finishing
+// their exit, as the agent retries it from a timer.
+func release(e *Enforcer, name string) error {
+	var err error
+	for i := 0; i < 500; i++ {
+		var b interface{ Busy() bool }
+		if err = e.Release(name); !errors.As(err, &b) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
 }

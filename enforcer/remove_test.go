@@ -299,7 +299,7 @@ func TestRemoveInMountNamespace(t *testing.T) {
 	if b, err := os.ReadFile(node); err != nil || string(b) != "node" {
 		t.Fatalf("node file touched: %q, %v", b, err)
 	}
-	if err := e.Release(name); err != nil {
+	if err := release(e, name); err != nil {
 		t.Fatal(err)
 	}
 	mustRemove(t, e, name, node, dev, ino, false, SkipNoNamespace)

@@ -85,7 +85,7 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 		t.Fatalf("root ended with %v, want SIGKILL", ws)
 	}
 	eventually(t, 15*time.Second, "the tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
-	eventually(t, 15*time.Second, "the table empty", func() bool { return len(a.processes()) == 0 })
+	eventually(t, 15*time.Second, "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
 	if v := a.metric(`overtime_kills_total{result="ok",rule="ovt-stubborn",signal="SIGKILL"}`); v != 1 {
 		t.Fatalf("kills_total{SIGKILL,ok} = %v", v)
 	}

@@ -451,3 +451,20 @@ func pidAlive(pid int) bool {
 
 // tool finds a command the test runs (see testtool.Find).
 func tool(t *testing.T, name string) string { return testtool.Find(t, name) }
+
+// liveTracked counts the processes the agent tracks that have not exited.
+// Killed children are orphans that the machine's init reaps when it gets
+// to it; until then the agent rightly keeps them, as zombies.
+func liveTracked(a *agentProc) int {
+	n := 0
+	for _, p := range a.processes() {
+		switch p.State {
+		case "zombie", "exited", "killed":
+			if !pidAlive(p.PID) {
+				continue
+			}
+		}
+		n++
+	}
+	return n
+}

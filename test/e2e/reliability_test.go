@@ -27,8 +27,7 @@ func TestForkingTreeDiesWhole(t *testing.T) {
 	eventually(t, 15*time.Second, "no process of the tree left", func() bool {
 		return len(pidsOf(t, cg.dir)) == 0 && len(cg.children(t)) == 0
 	})
-	// Zombies stay in the table until init reaps them.
-	eventually(t, 30*time.Second, "table empty", func() bool { return len(a.processes()) == 0 })
+	eventually(t, 30*time.Second, "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
 	// Nothing it forked lives on anywhere: every sleep 1000 forked in the
 	// test dir is gone.
 	if n := countProcsIn(dir); n != 0 {
@@ -47,7 +46,7 @@ func TestStoppedTreeEnds(t *testing.T) {
 	if !p.waitDone(10 * time.Second) {
 		t.Fatal("stopped tree not ended")
 	}
-	eventually(t, 15*time.Second, "tree gone", func() bool { return len(pidsOf(t, cg.dir)) == 0 && len(a.processes()) == 0 })
+	eventually(t, 15*time.Second, "tree gone", func() bool { return len(pidsOf(t, cg.dir)) == 0 && liveTracked(a) == 0 })
 }
 
 // SIGHUP re-reads the config; a bad file keeps the rules in force and says
