@@ -54,8 +54,12 @@ fuzz: ## a short fuzz run of the config parser and the event decoder
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),30s) ./bpf/
 
 .PHONY: bench
-bench: build ## benchmarks: hot-path micro benchmarks
-	$(GO) test -run '^$$' -bench . -benchmem ./agent/ ./bpf/ ./collector/
+bench: build ## benchmarks, as root: the node suite (bench/, about 4 minutes) against bin/overtime, then the hot-path micro benchmarks
+	@[ "$$(id -u)" = 0 ] || { echo "make bench runs as root: the suite loads eBPF programs through the agent, makes cgroups and kills its own processes"; exit 1; }
+	@status=0; $(GO) run ./bench -agent $(BIN) $(BENCHFLAGS) || status=$$?; \
+	echo "-- micro benchmarks (go test -bench)"; \
+	$(GO) test -run '^$$' -bench . -benchmem ./agent/ ./bpf/ ./collector/ || status=$$?; \
+	exit $$status
 
 .PHONY: demo
 demo: deps build ## a real hung restic backup ended at its deadline, its stale lock removed
