@@ -58,11 +58,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.mu.Lock()
 			a.handle(ev)
+			a.tickIfDue()
 			for i := 0; i < eventBatch; i++ {
 				select {
 				case ev, open = <-events:
 					if open {
 						a.handle(ev)
+						// A deadline never waits behind a burst of events.
+						a.tickIfDue()
 						continue
 					}
 				default:
@@ -82,6 +85,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			err := <-srcDone
 			a.shutdown()
 			return err
+		}
+	}
+}
+
+// tickIfDue runs the timers that are due, if any: one clock read when none.
+func (a *Agent) tickIfDue() {
+	if next, ok := a.nextWake(); ok {
+		if now := a.clock.Now(); next <= now {
+			a.tick(now)
 		}
 	}
 }
