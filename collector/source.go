@@ -384,13 +384,16 @@ func kernelDev(d uint32) uint64 {
 }
 
 // remember notes pid's parent and current cwd (its parent's when pid is
-// already gone: a child starts in its parent's cwd).
+// already gone, or a zombie: a child starts in its parent's cwd). The
+// parent's cwd is read now rather than taken from when the parent itself
+// was remembered: a shell that ran `cd` since would otherwise send every
+// short-lived child (mkdir, ln, mv) to its old directory.
 func (s *Source) remember(pid, ppid int) {
 	cwd, err := os.Readlink(filepath.Join(s.proc.Root(), strconv.Itoa(pid), "cwd"))
 	if err != nil || !filepath.IsAbs(cwd) {
-		cwd = s.known[ppid].cwd
-		if cwd == "" {
-			cwd, _ = os.Readlink(filepath.Join(s.proc.Root(), strconv.Itoa(ppid), "cwd"))
+		cwd, err = os.Readlink(filepath.Join(s.proc.Root(), strconv.Itoa(ppid), "cwd"))
+		if err != nil || !filepath.IsAbs(cwd) {
+			cwd = s.known[ppid].cwd
 		}
 	}
 	if len(s.known) >= maxKnown {
@@ -443,8 +446,9 @@ func (s *Source) lstat(pid int, path string) (dev, ino uint64) {
 			return 0, 0
 		}
 		// ENOENT may be the path or the process: only climb when the
-		// process is gone.
-		if _, err := os.Stat(filepath.Join(s.proc.Root(), strconv.Itoa(pid))); err == nil {
+		// process has no root any more — gone, or a zombie (exited, not
+		// yet reaped: /proc/PID is still there but its root is not).
+		if _, err := os.Readlink(root); err == nil {
 			return 0, 0
 		}
 		info, ok := s.known[pid]
