@@ -58,7 +58,11 @@ func (a *Agent) Processes() []ProcessInfo {
 			OpenFiles: []string{}, CreatedFiles: []string{},
 		}
 		for _, c := range t.created {
-			if c.pid == p.PID {
+			// Each process lists what it created; the root also lists what
+			// members that are gone created, so nothing the tree made is
+			// out of sight.
+			creator, live := a.procs[c.pid]
+			if c.pid == p.PID || (p.PID == t.rootPID && (!live || creator.tree != t)) {
 				info.CreatedFiles = append(info.CreatedFiles, c.path)
 			}
 		}

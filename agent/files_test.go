@@ -160,3 +160,20 @@ type testError string
 func (e testError) Error() string { return string(e) }
 
 const errTest = testError("remove failed")
+
+func TestCreatedFilesOfGoneMembersShowUnderTheRoot(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.fork(101, 100, time.Second)
+	h.file(101, collector.FileCreate, "/repo/locks/by-child", "", 2)
+	h.file(100, collector.FileCreate, "/repo/locks/by-root", "", 3)
+	if p := h.a.Processes(); !slices.Equal(p[0].CreatedFiles, []string{"/repo/locks/by-root"}) || !slices.Equal(p[1].CreatedFiles, []string{"/repo/locks/by-child"}) {
+		t.Fatalf("created files while both live: %v / %v", p[0].CreatedFiles, p[1].CreatedFiles)
+	}
+	h.exit(101, 2*time.Second, 0)
+	h.reap(101, 2*time.Second)
+	if p := h.a.Processes(); !slices.Equal(p[0].CreatedFiles, []string{"/repo/locks/by-child", "/repo/locks/by-root"}) {
+		t.Fatalf("root's created files after the child is gone: %v", p[0].CreatedFiles)
+	}
+}
