@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	ovagent "overtime/agent"
 )
 
 // agent is an overtime agent the bench started (in the bench's own cgroup,
@@ -220,13 +222,8 @@ func (m metrics) quantile(name, sel string, q float64) (float64, bool) {
 	return lo, true
 }
 
-// apiProcess is the part of /api/v1/processes the bench reads.
-type apiProcess struct {
-	PID   int    `json:"pid"`
-	Rule  string `json:"rule"`
-	Comm  string `json:"comm"`
-	State string `json:"state"`
-}
+// apiProcess and apiAction are the agent's API types.
+type apiProcess = ovagent.ProcessInfo
 
 func (a *agent) processes() ([]apiProcess, error) {
 	body, err := a.get("/api/v1/processes")
@@ -241,7 +238,7 @@ func (a *agent) processes() ([]apiProcess, error) {
 func stateCounts(ps []apiProcess) string {
 	n := map[string]int{}
 	for _, p := range ps {
-		n[p.State+"/"+p.Comm]++
+		n[string(p.State)+"/"+p.Comm]++
 	}
 	keys := make([]string, 0, len(n))
 	for k := range n {
@@ -255,14 +252,7 @@ func stateCounts(ps []apiProcess) string {
 	return strings.Join(parts, ", ")
 }
 
-type apiAction struct {
-	Time   time.Time `json:"time"`
-	Rule   string    `json:"rule"`
-	PID    int       `json:"pid"`
-	Action string    `json:"action"`
-	Result string    `json:"result"`
-	Reason string    `json:"reason"`
-}
+type apiAction = ovagent.Action
 
 func (a *agent) actions() ([]apiAction, error) {
 	body, err := a.get("/api/v1/actions")

@@ -412,21 +412,17 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // pidsOf lists the processes in a cgroup directory.
 func pidsOf(t *testing.T, dir string) []int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil {
-		return nil
-	}
-	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		n, _ := strconv.Atoi(f)
-		out = append(out, n)
-	}
-	return out
+	return readPids(filepath.Join(dir, "cgroup.procs"))
 }
 
 // childPids lists the children of pid.
 func childPids(pid int) []int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	return readPids(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+}
+
+// readPids reads a whitespace-separated list of PIDs; nil if unreadable.
+func readPids(path string) []int {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
