@@ -24,8 +24,9 @@ const DefaultRingBufferSize = 8 << 20
 // ErrClosed is returned (wrapped) by Read after Close. It is os.ErrClosed.
 var ErrClosed = os.ErrClosed
 
-// btfPath is where the kernel's BTF must be for CO-RE.
-const btfPath = "/sys/kernel/btf/vmlinux"
+// btfPath is where the kernel's BTF must be for CO-RE (a variable so tests
+// can point it elsewhere).
+var btfPath = "/sys/kernel/btf/vmlinux"
 
 // Options configure Load.
 type Options struct {

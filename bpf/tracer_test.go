@@ -721,3 +721,19 @@ func procState(t *testing.T, pid int) byte {
 	i := bytes.LastIndexByte(b, ')')
 	return b[i+2]
 }
+
+// A kernel without BTF is refused at start with an error that names it,
+// never loaded half-way.
+func TestLoadWithoutBTF(t *testing.T) {
+	old := btfPath
+	btfPath = filepath.Join(t.TempDir(), "vmlinux")
+	defer func() { btfPath = old }()
+	tr, err := Load(Options{})
+	if err == nil {
+		tr.Close()
+		t.Fatal("Load succeeded without BTF")
+	}
+	if !strings.Contains(err.Error(), "kernel BTF missing") || !strings.Contains(err.Error(), btfPath) {
+		t.Fatalf("error does not say what is missing: %v", err)
+	}
+}

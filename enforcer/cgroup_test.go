@@ -273,8 +273,12 @@ func TestNewRejectsBadMode(t *testing.T) {
 	if _, err := New(Options{Mode: "bogus"}); err == nil {
 		t.Fatal("bogus mode accepted")
 	}
-	if _, err := New(Options{Mode: ModeLegacy, Root: t.TempDir()}); err == nil {
-		t.Fatal("a plain directory accepted as the freezer mount")
+	dir := t.TempDir()
+	if _, err := New(Options{Mode: ModeLegacy, Root: dir}); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("a plain directory as the freezer mount: %v, want an error naming %s", err, dir)
+	}
+	if _, err := New(Options{Mode: ModeUnified, Root: dir}); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("a plain directory as the cgroup v2 mount: %v, want an error naming %s", err, dir)
 	}
 }
 

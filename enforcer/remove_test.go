@@ -71,6 +71,50 @@ func TestRemove(t *testing.T) {
 		mustRemove(t, e, name, f, dev, ino, false, SkipGone)
 	})
 
+	t.Run("name with a newline", func(t *testing.T) {
+		d := t.TempDir()
+		f := filepath.Join(d, "lock\nother")
+		other := filepath.Join(d, "other")
+		writeFile(t, f, 5)
+		writeFile(t, other, 6)
+		dev, ino := devIno(t, f)
+		mustRemove(t, e, name, f, dev, ino, false, "")
+		if exists(f) || !exists(other) {
+			t.Fatalf("newline name: removed=%v, neighbour kept=%v", !exists(f), exists(other))
+		}
+	})
+
+	t.Run("bind mount appearing under the path", func(t *testing.T) {
+		d := t.TempDir()
+		sub := filepath.Join(d, "locks")
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(sub, "lock")
+		writeFile(t, f, 3)
+		dev, ino := devIno(t, f)
+		// Someone mounts another directory over locks/ holding a file of the
+		// same name: the recorded inode is not behind the path any more.
+		elsewhere := t.TempDir()
+		victim := filepath.Join(elsewhere, "lock")
+		writeFile(t, victim, 4)
+		if err := unix.Mount(elsewhere, sub, "", unix.MS_BIND, ""); err != nil {
+			t.Skipf("bind mount: %v", err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
+		mustRemove(t, e, name, f, dev, ino, false, SkipReplaced)
+		if !exists(victim) {
+			t.Fatal("the file on the bind mount was removed")
+		}
+		// With the mount gone, the tree's own file is back, untouched.
+		if err := unix.Unmount(sub, unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+		if !exists(f) {
+			t.Fatal("the tree's own file vanished")
+		}
+	})
+
 	t.Run("dry run", func(t *testing.T) {
 		d := t.TempDir()
 		f := filepath.Join(d, "lock")
