@@ -267,3 +267,32 @@ func TestBadConfigExit2(t *testing.T) {
 		t.Fatalf("valid config refused: %v %s", err, out)
 	}
 }
+
+// kill -9 of the agent mid-kill (after the TERM, before the grace ran out):
+// the next start adopts the tree and kills it at its real deadline + grace,
+// neither earlier nor later.
+func TestCrashMidKill(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	cfg := rule("ovt-midkill", "3s", "6s", "")
+	a := startAgent(t, cfg)
+	eng := engine(t, dir, "ovt-midkill", "trap '' TERM\nsleep 1000 &\nwait\nwait")
+	started := time.Now()
+	p := cg.start(t, dir, eng)
+	eventually(t, 15*time.Second, "TERM sent", func() bool {
+		info, ok := a.process(p.pid)
+		return ok && info.State == "terminating"
+	})
+	a.crash()
+	if !p.alive() {
+		t.Fatal("the tree died with the agent")
+	}
+	startAgent(t, cfg)
+	if !p.waitDone(20 * time.Second) {
+		t.Fatal("the adopted tree was not killed")
+	}
+	if e := time.Since(started); e < 9*time.Second-20*time.Millisecond || e > 12*time.Second {
+		t.Fatalf("killed %v after its start, want at deadline + grace (9s)", e)
+	}
+	eventually(t, 15*time.Second, "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
+}
