@@ -406,9 +406,9 @@ func TestHeldExecsAreResumedUnlessCapped(t *testing.T) {
 	if !slices.Equal(h.src.hold, []string{"restic"}) {
 		t.Fatalf("held comms = %v", h.src.hold)
 	}
-	h.exec(100, 1, 0, "restic", "backup")   // under the cap: resumed
+	h.exec(100, 1, 0, "restic", "backup")    // under the cap: resumed
 	h.exec(101, 1, 0, "restic", "snapshots") // no match: resumed
-	h.exec(102, 1, 0, "restic", "backup")   // capped: killed, never resumed
+	h.exec(102, 1, 0, "restic", "backup")    // capped: killed, never resumed
 	h.fork(103, 100, s)
 	h.exec(103, 100, s, "restic", "backup") // a member's exec is never held
 	got := []string{}

@@ -222,7 +222,7 @@ func (m metrics) quantile(name, sel string, q float64) (float64, bool) {
 	return lo, true
 }
 
-// apiProcess and apiAction are the agent's API types.
+// apiProcess is the agent's API type.
 type apiProcess = ovagent.ProcessInfo
 
 func (a *agent) processes() ([]apiProcess, error) {
@@ -250,17 +250,6 @@ func stateCounts(ps []apiProcess) string {
 		parts[i] = fmt.Sprintf("%s %d", k, n[k])
 	}
 	return strings.Join(parts, ", ")
-}
-
-type apiAction = ovagent.Action
-
-func (a *agent) actions() ([]apiAction, error) {
-	body, err := a.get("/api/v1/actions")
-	if err != nil {
-		return nil, err
-	}
-	var out []apiAction
-	return out, json.Unmarshal(body, &out)
 }
 
 // logRecord is one JSON log line of the agent.

@@ -27,15 +27,6 @@ type child struct {
 	done   chan struct{}
 }
 
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // reaper watches the pidfds of every child in one epoll set and reaps each
 // child as it exits: one goroutine and no thread per child, for 10,000.
 type reaper struct {
