@@ -101,11 +101,9 @@ func (a *Agent) monitor() bool { return a.cfg.Mode == ModeMonitor }
 // start brings the table up to date with the node: the trees an earlier run
 // left in their cgroups, then every matching process already running.
 func (a *Agent) start() error {
-	f := a.cfg.Filter()
-	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
+	if err := a.setFilter(a.cfg); err != nil {
 		return err
 	}
-	a.hold = setOf(f.Hold)
 	adopted, err := a.enf.Adopt()
 	if err != nil {
 		return err
@@ -117,6 +115,19 @@ func (a *Agent) start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.reconcile(procs, adopted)
+	return nil
+}
+
+// setFilter tells the kernel which execs the rules of cfg may match, and
+// which it holds at exec.
+func (a *Agent) setFilter(cfg *Config) error {
+	f := cfg.Filter()
+	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.hold = setOf(f.Hold)
+	a.mu.Unlock()
 	return nil
 }
 

@@ -109,15 +109,13 @@ func drain(ch <-chan collector.Event) {
 func (a *Agent) Reload(cfg *Config) { a.reloads <- cfg }
 
 func (a *Agent) apply(cfg *Config) {
-	f := cfg.Filter()
-	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
+	if err := a.setFilter(cfg); err != nil {
 		a.log.Error("reload: kernel filter not updated; keeping the old config", "err", err)
 		return
 	}
 	a.mu.Lock()
 	old := a.cfg
 	a.cfg = cfg
-	a.hold = setOf(f.Hold)
 	a.mu.Unlock()
 	if cfg.Listen != old.Listen {
 		a.log.Warn("reload: listen address changes only at restart", "listen", old.Listen)
