@@ -141,14 +141,18 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
 	for i := range scan {
 		alive[scan[i].PID] = &scan[i]
 	}
-	// Retire members that are gone, or whose PID now names another process.
+	// Retire members that are gone or whose PID now names another process,
+	// and mark exited the ones the scan found zombies (their exit was lost).
 	for pid, p := range a.procs {
-		if p.exited {
-			continue
-		}
-		if s, ok := alive[pid]; !ok || s.Born != p.Born {
-			a.memberExited(p, now, p.status)
+		s, ok := alive[pid]
+		switch {
+		case !ok || s.Born != p.Born:
+			if !p.exited {
+				a.memberExited(p, now, p.status)
+			}
 			a.reaped(p)
+		case s.Zombie && !p.exited:
+			a.memberExited(p, now, p.status)
 		}
 	}
 	// Trees an earlier run of the agent left in their cgroups.
@@ -167,7 +171,7 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
 	sort.Slice(scan, func(i, j int) bool { return scan[i].Born < scan[j].Born })
 	for i := range scan {
 		s := &scan[i]
-		if _, known := a.procs[s.PID]; known || s.PID == a.self {
+		if _, known := a.procs[s.PID]; known || s.PID == a.self || s.Zombie {
 			continue
 		}
 		if parent, ok := a.procs[s.PPID]; ok && !parent.exited {
@@ -204,7 +208,7 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 	}
 	t := a.makeTree(name, rule, rootPID, start)
 	for _, pid := range pids {
-		if s, ok := alive[pid]; ok {
+		if s, ok := alive[pid]; ok && !s.Zombie {
 			a.join(t, *s)
 		}
 	}

@@ -466,3 +466,25 @@ func TestBusyTreeCgroupReleasedFromATimer(t *testing.T) {
 		t.Fatalf("released again after success: %d", n)
 	}
 }
+
+func TestResyncRetiresLostExitsAndReaps(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.fork(101, 100, s)
+	h.fork(102, 100, s)
+	h.exit(102, 2*s, 0) // exited, its reap event will be lost
+	// Lost: 101's exit (now a zombie), 102's reap (now gone).
+	h.src.scan = []collector.Process{
+		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0},
+		{PID: 101, PPID: 100, Comm: "restic", Start: s, Born: s, Zombie: true},
+	}
+	h.send(collector.Event{Type: collector.EventLost, Lost: 2})
+	st := h.states()
+	if _, ok := st[102]; ok {
+		t.Fatalf("a reaped member is still in the table: %v", st)
+	}
+	if st[101] != StateExited || st[100] != StateRunning {
+		t.Fatalf("states after resync = %v, want 101 exited, 100 running", st)
+	}
+}

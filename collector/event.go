@@ -68,6 +68,8 @@ type Process struct {
 	// /proc/PID/stat starttime gives it: with the PID it names the process
 	// uniquely, so a reused PID is never mistaken for it.
 	Born time.Duration
+	// Zombie: a scan found it exited and not yet reaped by its parent.
+	Zombie bool
 }
 
 // FileOp is what a tracked process did to a path.

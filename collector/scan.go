@@ -20,6 +20,10 @@ import (
 // whose process has exited (a zombie, or one past releasing its memory).
 var ErrGone = errors.New("process gone")
 
+// errZombie: the process has exited and waits to be reaped. It is ErrGone
+// to Process, and a Zombie entry to Scan.
+var errZombie = fmt.Errorf("zombie: %w", ErrGone)
+
 // ErrKernelThread is returned (wrapped) by Process for a kernel thread.
 var ErrKernelThread = errors.New("kernel thread")
 
@@ -39,8 +43,9 @@ const (
 // maxJoinedErrors caps the per-process errors a failed scan returns.
 const maxJoinedErrors = 8
 
-// Scan lists every user-space process running now, by PID, kernel threads
-// and exited processes (zombies) left out. It is the start-up scan and the
+// Scan lists every user-space process now, by PID, kernel threads left out;
+// exited processes not yet reaped (zombies) are listed with Zombie set and
+// only their PID, PPID, comm and start time. It is the start-up scan and the
 // resync after lost events.
 //
 // A process that exits during the scan is left out silently. A process that
@@ -93,6 +98,11 @@ func (p *Procfs) Scan() ([]Process, error) {
 		switch err := slots[i].err; {
 		case err == nil:
 			out = append(out, slots[i].proc)
+		case errors.Is(err, errZombie):
+			// Listed, marked: a zombie is still a process nobody reaped.
+			z := slots[i].proc
+			z.Zombie = true
+			out = append(out, z)
 		case errors.Is(err, ErrGone), errors.Is(err, ErrKernelThread):
 		default:
 			failed++
@@ -142,8 +152,13 @@ func (p *Procfs) read(r *procReader, pid int) (Process, error) {
 	if st.flags&pfKthread != 0 {
 		return Process{}, fmt.Errorf("process %d: %w", pid, ErrKernelThread)
 	}
-	if st.state == 'Z' || st.state == 'X' || st.state == 'x' {
-		return Process{}, fmt.Errorf("process %d: zombie: %w", pid, ErrGone)
+	if st.state == 'Z' {
+		// Only what stat still says: the rest went with its memory.
+		z := Process{PID: pid, PPID: st.ppid, Comm: r.intern(st.comm), Born: TicksToBoot(st.start), Start: TicksToBoot(st.start)}
+		return z, fmt.Errorf("process %d: %w", pid, errZombie)
+	}
+	if st.state == 'X' || st.state == 'x' {
+		return Process{}, fmt.Errorf("process %d: dead: %w", pid, ErrGone)
 	}
 
 	proc := Process{

@@ -139,6 +139,8 @@ func TestScanFixture(t *testing.T) {
 		{PID: 78, PPID: 1, Comm: "postgres", Args: []string{"postgres: checkpointer"},
 			Exe: "/usr/lib/postgresql/16/bin/postgres", Cgroup: "/system.slice/postgresql.service",
 			Start: 4010 * time.Millisecond, Born: 4010 * time.Millisecond},
+		// A zombie: listed, marked, with what stat still says.
+		{PID: 99, PPID: 1, Comm: "borg", Start: 5 * time.Second, Born: 5 * time.Second, Zombie: true},
 		{PID: 4242, PPID: 4200, Comm: "restic", Args: []string{"restic", "backup", "--tag", "nightly run", "/data"},
 			Exe: "/usr/local/bin/restic", Cgroup: fixturePodCgroup,
 			Start: 1234560 * time.Millisecond, Born: 1234560 * time.Millisecond},
@@ -152,6 +154,12 @@ func TestScanFixture(t *testing.T) {
 
 	// Each field agrees with the single-field readers.
 	for _, proc := range got {
+		if proc.Zombie {
+			if _, err := p.Process(proc.PID); !errors.Is(err, ErrGone) {
+				t.Errorf("Process(zombie %d) error = %v, want ErrGone", proc.PID, err)
+			}
+			continue
+		}
 		cg, err := p.Cgroup(proc.PID)
 		if err != nil || cg != proc.Cgroup {
 			t.Errorf("pid %d: Cgroup() = %q, %v; Scan said %q", proc.PID, cg, err, proc.Cgroup)
@@ -437,10 +445,19 @@ func TestScanRealZombieAndExit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := false
 	for _, proc := range procs {
 		if proc.PID == pid {
-			t.Errorf("Scan listed zombie %+v", proc)
+			found = true
+			if !proc.Zombie || proc.Comm != "sleep" || proc.PPID != os.Getpid() || proc.Exe != "" {
+				t.Errorf("zombie listed as %+v, want Zombie with comm and ppid only", proc)
+			}
+		} else if proc.Zombie && proc.PPID == os.Getpid() {
+			t.Errorf("a process of ours that is not a zombie listed as one: %+v", proc)
 		}
+	}
+	if !found {
+		t.Errorf("Scan did not list zombie %d", pid)
 	}
 	if _, err := p.Process(pid); !errors.Is(err, ErrGone) {
 		t.Errorf("Process(zombie %d) error = %v, want ErrGone", pid, err)
