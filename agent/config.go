@@ -425,12 +425,6 @@ func (p *parser) globs(n *yaml.Node, f string) []string {
 
 // checkPathGlob returns why a cleanup path glob is refused, or "".
 func checkPathGlob(g string) string {
-	if !strings.HasPrefix(g, "/") && !strings.HasPrefix(g, "**/") {
-		return fmt.Sprintf("%q is relative: cleanup paths are absolute globs (start with / or **/)", g)
-	}
-	if !doublestar.ValidatePattern(g) {
-		return fmt.Sprintf("%q is not a valid glob", g)
-	}
 	wild := true
 	for _, seg := range strings.Split(strings.Trim(g, "/"), "/") {
 		if seg != "**" && seg != "*" && seg != "" {
@@ -440,6 +434,12 @@ func checkPathGlob(g string) string {
 	}
 	if wild {
 		return fmt.Sprintf("%q matches every path: name the files to remove", g)
+	}
+	if !strings.HasPrefix(g, "/") && !strings.HasPrefix(g, "**/") {
+		return fmt.Sprintf("%q is relative: cleanup paths are absolute globs (start with / or **/)", g)
+	}
+	if !doublestar.ValidatePattern(g) {
+		return fmt.Sprintf("%q is not a valid glob", g)
 	}
 	if strings.Contains(g, "/../") || strings.HasSuffix(g, "/..") || strings.Contains(g, "/./") {
 		return fmt.Sprintf("%q has . or .. segments: paths are matched cleaned", g)

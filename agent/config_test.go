@@ -110,7 +110,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"negative timeout", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: -5m\n", []string{"c.yaml:4: rules[0].timeout: must be greater than 0"}},
 		{"bad duration", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 5 minutes\n", []string{"c.yaml:4: rules[0].timeout: \"5 minutes\" is not a Go duration"}},
 		{"relative glob", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup:\n      paths:\n        - locks/*\n", []string{"c.yaml:7: rules[0].cleanup.paths[0]: \"locks/*\" is relative"}},
-		{"match all", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"**\"]}\n", []string{"rules[0].cleanup.paths[0]: \"**\" is relative"}},
+		{"match all", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"**\"]}\n", []string{"rules[0].cleanup.paths[0]: \"**\" matches every path"}},
 		{"match all abs", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"/**\"]}\n", []string{"rules[0].cleanup.paths[0]: \"/**\" matches every path"}},
 		{"match all star", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"/**/*\"]}\n", []string{"matches every path"}},
 		{"bad name", "rules:\n  - name: Restic_1\n    match: {comm: [a]}\n    timeout: 1m\n", []string{"c.yaml:2: rules[0].name: \"Restic_1\" must be lower-case"}},
