@@ -189,6 +189,3 @@ func (a *Agent) Alive(ctx context.Context, timeout time.Duration) bool {
 		return false
 	}
 }
-
-// Ready reports whether the programs are attached and the first scan done.
-func (a *Agent) Ready() bool { return a.ready.Load() }
