@@ -356,8 +356,7 @@ func (a *Agent) release(t *tree, now time.Duration, try int) {
 	if err == nil {
 		return
 	}
-	var b interface{ Busy() bool }
-	if errors.As(err, &b) && b.Busy() && try < releaseTries {
+	if isBusy(err) && try < releaseTries {
 		a.timers.add(timer{at: now + releaseDelay<<try, kind: timerRelease, tree: t, pid: try + 1})
 		return
 	}
@@ -369,6 +368,13 @@ const (
 	releaseDelay = time.Millisecond
 	releaseTries = 12
 )
+
+// isBusy reports whether the enforcer said a tree cgroup still holds tasks
+// finishing their exit.
+func isBusy(err error) bool {
+	var b interface{ Busy() bool }
+	return errors.As(err, &b) && b.Busy()
+}
 
 // isGone reports whether the enforcer said the process no longer exists.
 func isGone(err error) bool {

@@ -467,6 +467,21 @@ func TestBusyTreeCgroupReleasedFromATimer(t *testing.T) {
 	}
 }
 
+func TestStopReleasesCgroupsWaitingForARetry(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.at(0)
+	h.enf.busy = 1
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exit(100, 0, 0)
+	h.reap(100, 0) // the tree is gone from the table; its cgroup waits on a timer
+	name := treeName("restic", 100, 0)
+	h.a.shutdown()
+	if n := h.enf.count("release " + name); n != 2 {
+		t.Fatalf("release tries = %d, want the busy one and one at stop", n)
+	}
+}
+
 func TestResyncRetiresLostExitsAndReaps(t *testing.T) {
 	h := newHarness(t, resticRule)
 	h.start()

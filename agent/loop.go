@@ -128,13 +128,23 @@ func (a *Agent) apply(cfg *Config) {
 func (a *Agent) shutdown() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Trees still tracked, and ended ones whose cgroup removal is waiting
+	// on a retry timer.
+	trees := make(map[string]*tree, len(a.trees))
 	for name, t := range a.trees {
+		trees[name] = t
+	}
+	for _, tm := range a.timers {
+		if tm.kind == timerRelease {
+			trees[tm.tree.name] = tm.tree
+		}
+	}
+	for name, t := range trees {
 		// Stopping may wait: a cgroup whose last tasks are still exiting
 		// is retried for a moment.
 		var err error
 		for try := 0; try < 100; try++ {
-			var b interface{ Busy() bool }
-			if err = a.enf.Release(name); !errors.As(err, &b) {
+			if err = a.enf.Release(name); !isBusy(err) {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -148,7 +158,7 @@ func (a *Agent) shutdown() {
 			}
 		}
 	}
-	a.log.Info("stopped", "released_trees", len(a.trees))
+	a.log.Info("stopped", "released_trees", len(trees))
 }
 
 func (a *Agent) trackedCount() int {
