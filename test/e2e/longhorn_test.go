@@ -18,8 +18,19 @@ import (
 // stay at or under the cap, each hung one ends at its deadline, and the
 // zombies the manager leaves are counted with that manager as their parent.
 
-const hangC = `#include <unistd.h>
-int main(void) { for (;;) pause(); }
+// hang: note its PID in $OVT_STARTED as its first act (so a process that
+// was stopped at exec and killed never shows up there), then hang.
+const hangC = `#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+	char b[32];
+	int n = snprintf(b, sizeof b, "%d\n", getpid());
+	int fd = open(getenv("OVT_STARTED"), O_WRONLY | O_APPEND | O_CREAT, 0644);
+	if (fd >= 0) { write(fd, b, n); close(fd); }
+	for (;;) pause();
+}
 `
 
 // manager: spawn argv[2..] every argv[1] ms, never wait for any child.
@@ -77,6 +88,18 @@ func liveEngines(t *testing.T, engine string) (live, zombies int) {
 	return live, zombies
 }
 
+// ranAndAlive counts the PIDs noted in file whose process is alive (not a
+// zombie).
+func ranAndAlive(t *testing.T, file string) int {
+	n := 0
+	for _, pid := range readPids(file) {
+		if pidAlive(pid) {
+			n++
+		}
+	}
+	return n
+}
+
 func TestLonghornPileUp(t *testing.T) {
 	dir := t.TempDir()
 	binDir := filepath.Join(dir, "var/lib/longhorn/engine-binaries/longhornio-longhorn-engine-v1.6.2")
@@ -89,11 +112,14 @@ func TestLonghornPileUp(t *testing.T) {
 	}
 	engineBin = filepath.Join(binDir, "longhorn")
 	manager := compileC(t, dir, "manager", managerC)
-	args := fmt.Sprintf("%s 100 %s backup inspect 's3://backupbucket@us-east-1/?backup=backup-1&volume=pvc-1'", manager, engineBin)
+	// The manager's command line; each run notes its engines in its own file.
+	args := func(started string) string {
+		return fmt.Sprintf("env OVT_STARTED=%s %s 100 %s backup inspect 's3://backupbucket@us-east-1/?backup=backup-1&volume=pvc-1'", started, manager, engineBin)
+	}
 
 	// Without overtime: the pile-up grows without bound.
 	cgA := newTestCgroup(t)
-	mA := cgA.start(t, dir, args)
+	mA := cgA.start(t, dir, args(filepath.Join(dir, "started-a")))
 	time.Sleep(3 * time.Second)
 	withoutLive, withoutZombies := liveEngines(t, engineBin)
 	_ = os.WriteFile(filepath.Join(cgA.dir, "cgroup.kill"), []byte("1"), 0)
@@ -116,11 +142,15 @@ func TestLonghornPileUp(t *testing.T) {
 	}
 	cgB := newTestCgroup(t) // before the agent: removed after it stops
 	a := startAgent(t, cfg)
-	mB := cgB.start(t, dir, args)
+	started := filepath.Join(dir, "started-b")
+	mB := cgB.start(t, dir, args(started))
+	// Count the engines that ran (they noted their PID) and are alive: a
+	// process being killed at its cap passes through the running state
+	// on its way out, but it never ran the engine.
 	maxLive := 0
 	end := time.Now().Add(8 * time.Second)
 	for time.Now().Before(end) {
-		if l, _ := liveEngines(t, engineBin); l > maxLive {
+		if l := ranAndAlive(t, started); l > maxLive {
 			maxLive = l
 		}
 		time.Sleep(50 * time.Millisecond)
