@@ -7,6 +7,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -373,15 +374,30 @@ func resticEnv(t *testing.T, dir string) []string {
 	return []string{"RESTIC_PASSWORD=overtime-e2e", "RESTIC_CACHE_DIR=" + filepath.Join(dir, "cache"), "TMPDIR=" + tmp}
 }
 
-// waitLocks waits until dir holds n entries and returns their names.
+// waitLocks waits for n finished restic locks in dir. restic writes a lock
+// under a temporary name and renames it to its ID (64 hex digits) when it
+// is complete, so only names of that form count.
 func waitLocks(t *testing.T, dir string, n int, d time.Duration) []string {
 	t.Helper()
 	var names []string
-	eventually(t, d, fmt.Sprintf("%d entries in %s", n, dir), func() bool {
-		names = listDir(t, dir)
+	eventually(t, d, fmt.Sprintf("%d locks in %s", n, dir), func() bool {
+		names = names[:0]
+		for _, name := range listDir(t, dir) {
+			if isResticID(name) {
+				names = append(names, name)
+			}
+		}
 		return len(names) == n
 	})
 	return names
+}
+
+func isResticID(name string) bool {
+	if len(name) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil
 }
 
 // A hung `restic backup` killed at its deadline: its lock is removed and the
