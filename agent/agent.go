@@ -39,7 +39,13 @@ type Options struct {
 	Build    BuildInfo
 	// Self is the agent's own PID, never tracked (0: os.Getpid()).
 	Self int
+	// FilesIdle is how long nothing is tracked before the file tracepoints
+	// are detached (0: DefaultFilesIdle).
+	FilesIdle time.Duration
 }
+
+// DefaultFilesIdle is Options.FilesIdle's default.
+const DefaultFilesIdle = 30 * time.Second
 
 // Agent is the decision core and its event loop.
 type Agent struct {
@@ -56,10 +62,17 @@ type Agent struct {
 	cfg     *Config
 	procs   map[int]*proc
 	trees   map[string]*tree
-	running map[string]int  // live trees by rule, for max_running
-	hold    map[string]bool // comms the kernel stops at exec
+	running map[string]int // live trees by rule, for max_running
 	timers  timers
 	actions *actionLog
+
+	// The file tracepoints (see Source.EnableFiles): on while a tree is
+	// tracked or a rule cannot be prefiltered (filterAll: the kernel
+	// cannot hold its candidates), off after filesIdle with nothing
+	// tracked. filesArmed: a timerFiles is queued; filesPinned: detaching
+	// failed, they stay on.
+	filesOn, filesArmed, filesPinned, filterAll bool
+	filesIdle                                   time.Duration
 
 	ready   atomic.Bool
 	pings   chan chan struct{}
@@ -77,19 +90,24 @@ func New(o Options) *Agent {
 	if o.Self == 0 {
 		o.Self = os.Getpid()
 	}
+	if o.FilesIdle <= 0 {
+		o.FilesIdle = DefaultFilesIdle
+	}
 	a := &Agent{
-		src:     o.Source,
-		enf:     o.Enforcer,
-		clock:   o.Clock,
-		log:     o.Logger,
-		self:    o.Self,
-		cfg:     o.Config,
-		procs:   map[int]*proc{},
-		trees:   map[string]*tree{},
-		running: map[string]int{},
-		actions: newActionLog(512),
-		pings:   make(chan chan struct{}),
-		reloads: make(chan *Config, 1),
+		src:       o.Source,
+		enf:       o.Enforcer,
+		clock:     o.Clock,
+		log:       o.Logger,
+		self:      o.Self,
+		cfg:       o.Config,
+		procs:     map[int]*proc{},
+		trees:     map[string]*tree{},
+		running:   map[string]int{},
+		actions:   newActionLog(512),
+		filesOn:   o.Source.FilesEnabled(),
+		filesIdle: o.FilesIdle,
+		pings:     make(chan chan struct{}),
+		reloads:   make(chan *Config, 1),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
 	o.Registry.MustRegister(&tableCollector{a: a})
@@ -115,6 +133,10 @@ func (a *Agent) start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.reconcile(procs, adopted)
+	if a.filesOn {
+		a.m.fileTracing.Set(1)
+	}
+	a.filesUnused(a.clock.Now())
 	return nil
 }
 
@@ -126,9 +148,70 @@ func (a *Agent) setFilter(cfg *Config) error {
 		return err
 	}
 	a.mu.Lock()
-	a.hold = setOf(f.Hold)
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	a.filterAll = f.All
+	if f.All {
+		// Candidates of such a rule are not held: file tracing stays on.
+		a.enableFiles()
+	} else {
+		a.filesUnused(a.clock.Now())
+	}
 	return nil
+}
+
+// enableFiles attaches the file tracepoints, before a tracked process runs
+// on. If that fails, the tree is tracked and ended all the same; only what
+// it creates is not recorded.
+func (a *Agent) enableFiles() {
+	if a.filesOn {
+		return
+	}
+	if err := a.src.EnableFiles(); err != nil {
+		a.log.Error("attach file tracepoints: created files are not recorded", "err", err)
+		return
+	}
+	a.filesOn = true
+	a.m.fileTracing.Set(1)
+	a.log.Debug("file tracepoints attached")
+}
+
+// filesUnused queues the detaching of the file tracepoints when nothing is
+// tracked.
+func (a *Agent) filesUnused(now time.Duration) {
+	if a.filesOn && !a.filesArmed && !a.filesPinned && !a.filterAll && len(a.trees) == 0 {
+		a.filesArmed = true
+		a.timers.add(timer{at: now + a.filesIdle, kind: timerFiles})
+	}
+}
+
+// filesTimer detaches the file tracepoints if nothing was tracked since.
+func (a *Agent) filesTimer(now time.Duration) {
+	a.filesArmed = false
+	if !a.filesOn || a.filesPinned || a.filterAll || len(a.trees) > 0 {
+		return
+	}
+	off, err := a.src.DisableFiles()
+	switch {
+	case err != nil:
+		a.filesPinned = true
+		a.log.Warn("file tracepoints stay attached: they cannot be detached safely here", "err", err)
+	case !off:
+		// The kernel tracks a process the table does not have yet (an
+		// exec on its way): later.
+		a.filesUnused(now)
+	default:
+		a.filesOn = false
+		a.m.fileTracing.Set(0)
+		a.log.Debug("file tracepoints detached: nothing tracked")
+	}
+}
+
+// dropTree removes t from the table.
+func (a *Agent) dropTree(t *tree) {
+	if a.trees[t.name] == t {
+		delete(a.trees, t.name)
+	}
+	a.filesUnused(a.clock.Now())
 }
 
 // reconcile makes the table agree with a procfs scan: members that are gone
@@ -213,7 +296,7 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 		}
 	}
 	if t.live == 0 {
-		delete(a.trees, name)
+		a.dropTree(t)
 		if err := a.enf.Release(name); err != nil {
 			a.log.Error("remove empty tree cgroup", "cgroup", name, "err", err)
 		}
@@ -226,6 +309,7 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 }
 
 func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration) *tree {
+	a.enableFiles()
 	t := &tree{
 		name:     name,
 		rule:     r,
@@ -340,14 +424,6 @@ func (a *Agent) join(t *tree, p collector.Process) *proc {
 	return m
 }
 
-func setOf(list []string) map[string]bool {
-	m := make(map[string]bool, len(list))
-	for _, v := range list {
-		m[v] = true
-	}
-	return m
-}
-
 // release removes a dead tree's cgroup. The kernel reports an exit a moment
 // before it takes the task out of its cgroup, so the cgroup may still be
 // busy: then it is tried again from a timer, never by sleeping in the loop.
@@ -427,9 +503,10 @@ func (a *Agent) onExec(ev collector.Event) {
 		m.Comm, m.Args, m.Exe = p.Comm, p.Args, p.Exe
 		return
 	}
-	// The kernel stopped a new process of a held comm at exec: whatever is
-	// decided below, it runs on unless it is ended at its cap.
-	if a.hold[p.Comm] {
+	// The kernel stopped the new process at exec (a comm of a rule with
+	// max_running, or file tracing was off): whatever is decided below, it
+	// runs on unless it is ended at its cap.
+	if p.Held {
 		defer func() {
 			if m, ok := a.procs[p.PID]; ok && m.tree.capped && !a.monitor() {
 				return
@@ -512,7 +589,7 @@ func (a *Agent) reaped(p *proc) {
 	}
 	delete(t.members, p.PID)
 	if len(t.members) == 0 && t.ended {
-		delete(a.trees, t.name)
+		a.dropTree(t)
 	}
 }
 
@@ -542,7 +619,7 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 	}
 	a.release(t, at, 0)
 	if len(t.members) == 0 {
-		delete(a.trees, t.name)
+		a.dropTree(t)
 	}
 }
 
@@ -581,6 +658,8 @@ func (a *Agent) tick(now time.Duration) {
 			}
 		case timerRelease:
 			a.release(t, now, tm.pid)
+		case timerFiles:
+			a.filesTimer(now)
 		case timerGone:
 			if p, ok := a.procs[tm.pid]; ok && p.tree == t && !p.exited {
 				a.memberExited(p, now, 0)
@@ -588,6 +667,12 @@ func (a *Agent) tick(now time.Duration) {
 			}
 		case timerZombie:
 			if p, ok := a.procs[tm.pid]; ok && p.tree == t && p.exited && !p.zombie {
+				if a.src.Reaped(p.PID, p.Born) {
+					// Reaped, and its reap record never came.
+					a.log.Debug("reaped without a reap record", a.procAttrs(p)...)
+					a.reaped(p)
+					continue
+				}
 				p.zombie = true
 				a.log.Warn("zombie: exited and not reaped by its parent", a.procAttrs(p, "parent", p.PPID)...)
 			}
@@ -695,10 +780,10 @@ func (a *Agent) resync() {
 	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
 }
 
-// settlePending decides the exec candidates whose records were lost: one of
-// a held comm was stopped by the kernel and waits, so it is resumed unless
-// the scan put it in a tree (which decided for it); the rest are dropped
-// from the kernel's tracked set unless a tree has them.
+// settlePending decides the exec candidates whose records were lost. Any
+// may have been stopped by the kernel at exec (a held comm, or file tracing
+// was off), so each one alive is resumed (SIGCONT) unless it is ended at
+// its cap; those no tree has are dropped from the kernel's tracked set.
 func (a *Agent) settlePending(pending []int, scan []collector.Process) {
 	comm := make(map[int]*collector.Process, len(scan))
 	for i := range scan {
@@ -707,7 +792,7 @@ func (a *Agent) settlePending(pending []int, scan []collector.Process) {
 	for _, pid := range pending {
 		s, alive := comm[pid]
 		m, tracked := a.procs[pid]
-		if alive && a.hold[s.Comm] && !(tracked && m.tree.capped && !a.monitor()) {
+		if alive && !s.Zombie && !(tracked && m.tree.capped && !a.monitor()) {
 			if err := a.enf.Resume(pid, s.Born); err != nil {
 				a.log.Debug("resume held process", "pid", pid, "err", err)
 			}

@@ -37,9 +37,11 @@ func TestExecMatchTracksAndConfines(t *testing.T) {
 	if !h.src.tracked[100] || h.src.tracked[101] {
 		t.Fatalf("kernel tracked set = %v, want only 100", h.src.tracked)
 	}
-	want := "confine " + treeName("restic", 100, 1000*s) + " 100"
-	if calls := h.enf.callList(); len(calls) != 1 || calls[0] != want {
-		t.Fatalf("enforcer calls = %v, want [%s]", calls, want)
+	// The first candidate was held (file tracing was off): confined, file
+	// tracing on, resumed. 101 came with file tracing on: not held.
+	want := []string{"confine " + treeName("restic", 100, 1000*s) + " 100", "resume 100"}
+	if calls := h.enf.callList(); !slices.Equal(calls, want) {
+		t.Fatalf("enforcer calls = %v, want %v", calls, want)
 	}
 }
 
@@ -244,6 +246,26 @@ overtime_tracked_processes{rule="restic"} 1
 	}
 }
 
+// An exited process whose reap record never came, but that procfs shows
+// reaped, leaves the table at the zombie check instead of being called a
+// zombie.
+func TestReapedWithoutReapRecord(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	h.exec(100, 1, 0, "restic", "backup")
+	h.exec(200, 1, 0, "restic", "backup")
+	h.exit(100, s, 0)
+	h.exit(200, s, 0)
+	h.src.reapedPIDs = map[int]bool{100: true}
+	h.at(s + zombieAfter)
+	if st := h.states(); len(st) != 1 || st[200] != StateZombie {
+		t.Fatalf("states = %v, want only 200, a zombie", st)
+	}
+	if _, ok := h.a.trees[treeName("restic", 100, 0)]; ok {
+		t.Fatal("the reaped tree is still in the table")
+	}
+}
+
 func TestGoneAtConfineIsDropped(t *testing.T) {
 	h := newHarness(t, resticRule)
 	h.start()
@@ -427,8 +449,9 @@ func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
 	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 5", 1)
 	h := newHarness(t, cfg)
 	h.start()
-	// 100 (restic backup) and 101 (restic check) were stopped at exec and
-	// their records lost; 102 (not held) is a plain lost candidate.
+	// Three candidates whose exec records were lost: any may have been
+	// stopped at exec (a held comm, or file tracing was off), so all are
+	// resumed; 100 matches and is tracked, the others are dropped.
 	h.src.pending = []int{100, 101, 102}
 	h.src.scan = []collector.Process{
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: s, Born: s},
@@ -437,7 +460,7 @@ func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
 	}
 	h.send(collector.Event{Type: collector.EventLost, Lost: 3})
 	calls := strings.Join(h.enf.callList(), ",")
-	if !strings.Contains(calls, "resume 100") || !strings.Contains(calls, "resume 101") || strings.Contains(calls, "resume 102") {
+	if !strings.Contains(calls, "resume 100,") || !strings.Contains(calls, "resume 101,") || !strings.HasSuffix(calls, ",resume 102") {
 		t.Fatalf("calls = %s", calls)
 	}
 	if _, ok := h.a.procs[100]; !ok || h.src.tracked[101] || h.src.tracked[102] {
@@ -501,5 +524,72 @@ func TestResyncRetiresLostExitsAndReaps(t *testing.T) {
 	}
 	if st[101] != StateExited || st[100] != StateRunning {
 		t.Fatalf("states after resync = %v, want 101 exited, 100 running", st)
+	}
+}
+
+func TestFileTracingOnlyWhileSomethingIsTracked(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	if h.src.filesOn || len(h.src.filesLog) != 0 {
+		t.Fatalf("file tracing at start with nothing tracked: %v", h.src.filesLog)
+	}
+	// Held at exec (file tracing off): tracing goes on before it runs on.
+	h.exec(100, 1, 1000*s, "restic", "backup")
+	if !slices.Equal(h.src.filesLog, []string{"on"}) || !slices.Contains(h.enf.callList(), "resume 100") {
+		t.Fatalf("files %v, calls %v", h.src.filesLog, h.enf.callList())
+	}
+	if v := testutil.ToFloat64(h.a.m.fileTracing); v != 1 {
+		t.Fatalf("overtime_file_tracing = %v", v)
+	}
+	h.at(1001 * s)
+	h.exit(100, 1001*s, 0)
+	h.reap(100, 1001*s)
+	h.at(1001*s + DefaultFilesIdle - 1)
+	if !h.src.filesOn {
+		t.Fatal("file tracing off before the idle time")
+	}
+	// Something the kernel tracks (an exec on its way): stays on, retried.
+	h.src.tracking = true
+	h.at(1001*s + DefaultFilesIdle)
+	if !h.src.filesOn || !slices.Equal(h.src.filesLog, []string{"on", "busy"}) {
+		t.Fatalf("files %v", h.src.filesLog)
+	}
+	h.src.tracking = false
+	h.at(1001*s + 2*DefaultFilesIdle)
+	if h.src.filesOn || !slices.Equal(h.src.filesLog, []string{"on", "busy", "off"}) {
+		t.Fatalf("files %v", h.src.filesLog)
+	}
+	if v := testutil.ToFloat64(h.a.m.fileTracing); v != 0 {
+		t.Fatalf("overtime_file_tracing = %v", v)
+	}
+	// A tree alive at the idle time keeps it on.
+	h.exec(200, 1, 1100*s, "restic", "backup")
+	h.exec(201, 1, 1100*s, "restic", "backup")
+	h.exit(200, 1101*s, 0)
+	h.reap(200, 1101*s)
+	h.at(1200 * s)
+	if !h.src.filesOn || !slices.Equal(h.src.filesLog, []string{"on", "busy", "off", "on"}) {
+		t.Fatalf("files %v with tree 201 alive", h.src.filesLog)
+	}
+	for _, c := range h.enf.callList() {
+		if strings.Contains(c, "before file tracing") {
+			t.Fatalf("calls %v", h.enf.callList())
+		}
+	}
+}
+
+func TestFileTracingStaysOnForAnUnfilteredRule(t *testing.T) {
+	h := newHarness(t, `rules:
+  - name: any
+    match: {cgroup: ["/backup/*"]}
+    timeout: 1m
+`)
+	h.start()
+	if !h.src.all || !h.src.filesOn {
+		t.Fatalf("pass-all %v, file tracing %v", h.src.all, h.src.filesOn)
+	}
+	h.at(1000*s + 10*DefaultFilesIdle)
+	if !slices.Equal(h.src.filesLog, []string{"on"}) {
+		t.Fatalf("files %v", h.src.filesLog)
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -46,6 +47,11 @@ type fakeSource struct {
 	parents  map[int]int
 	hold     []string
 	pending  []int
+	filesOn  bool
+	filesLog []string // "on", "off", "busy"
+	tracking bool     // DisableFiles answers busy: the kernel tracks a process
+	// reapedPIDs are gone from procfs (Reaped).
+	reapedPIDs map[int]bool
 }
 
 func newFakeSource() *fakeSource {
@@ -95,6 +101,46 @@ func (s *fakeSource) Untrack(pid int) error {
 	return nil
 }
 
+func (s *fakeSource) trackedNow() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []int
+	for pid := range s.tracked {
+		out = append(out, pid)
+	}
+	return out
+}
+
+func (s *fakeSource) EnableFiles() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.filesOn {
+		s.filesOn = true
+		s.filesLog = append(s.filesLog, "on")
+	}
+	return nil
+}
+
+func (s *fakeSource) DisableFiles() (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tracking {
+		s.filesLog = append(s.filesLog, "busy")
+		return false, nil
+	}
+	if s.filesOn {
+		s.filesOn = false
+		s.filesLog = append(s.filesLog, "off")
+	}
+	return true, nil
+}
+
+func (s *fakeSource) FilesEnabled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.filesOn
+}
+
 func (s *fakeSource) Pending() ([]int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -109,6 +155,12 @@ func (s *fakeSource) WatchParent(child, parent int) error {
 	}
 	s.parents[child] = parent
 	return nil
+}
+
+func (s *fakeSource) Reaped(pid int, born time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reapedPIDs[pid]
 }
 
 func (s *fakeSource) OpenFiles(pid int) ([]string, error) {
@@ -126,6 +178,7 @@ type fakeEnforcer struct {
 	gone     map[int]bool // Confine says these are gone
 	removeFn func(path string) (int64, string, error)
 	busy     int // Release answers busy this many times
+	src      *fakeSource
 }
 
 type goneErr struct{}
@@ -158,6 +211,10 @@ func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration) error {
 func (e *fakeEnforcer) Resume(pid int, born time.Duration) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.src != nil && slices.Contains(e.src.trackedNow(), pid) && !e.src.FilesEnabled() {
+		e.log("resume %d before file tracing", pid) // no test wants this
+		return nil
+	}
 	e.log("resume %d", pid)
 	return nil
 }
@@ -250,6 +307,7 @@ func newHarness(t *testing.T, yaml string) *harness {
 		t.Fatalf("config: %v", err)
 	}
 	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
+	h.enf.src = h.src
 	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Clock: h.clock, Registry: h.reg, Self: 1})
 	return h
 }
@@ -278,10 +336,26 @@ func (h *harness) send(ev collector.Event) {
 func (h *harness) exec(pid, ppid int, at time.Duration, comm string, args ...string) {
 	h.send(collector.Event{Type: collector.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
 		Proc: &collector.Process{PID: pid, PPID: ppid, Comm: comm, Args: append([]string{comm}, args...),
-			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at}})
+			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at, Held: h.src.holds(pid, comm)}})
+}
+
+// holds says what the kernel does at exec: a candidate it does not track
+// yet is stopped if its comm is held or file tracing is off.
+func (s *fakeSource) holds(pid int, comm string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tracked[pid] || !slices.Contains(s.comms, comm) {
+		return false
+	}
+	return slices.Contains(s.hold, comm) || !s.filesOn
 }
 
 func (h *harness) fork(child, parent int, at time.Duration) {
+	h.src.mu.Lock()
+	if h.src.tracked[parent] {
+		h.src.tracked[child] = true // the kernel tracks a tracked process's child
+	}
+	h.src.mu.Unlock()
 	h.send(collector.Event{Type: collector.EventFork, PID: child, PPID: parent, Time: at, Born: at})
 }
 

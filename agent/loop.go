@@ -158,6 +158,13 @@ func (a *Agent) shutdown() {
 			}
 		}
 	}
+	// Candidates the kernel stopped at exec whose records were not handled
+	// run on.
+	if pending, err := a.src.Pending(); err == nil && len(pending) > 0 {
+		if scan, err := a.src.Scan(); err == nil {
+			a.settlePending(pending, scan)
+		}
+	}
 	a.log.Info("stopped", "released_trees", len(trees))
 }
 

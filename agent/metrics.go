@@ -42,6 +42,7 @@ type Metrics struct {
 	resyncs        prometheus.Counter
 	limitHits      *prometheus.CounterVec
 	unconfined     *prometheus.CounterVec
+	fileTracing    prometheus.Gauge
 	buildInfo      *prometheus.GaugeVec
 }
 
@@ -113,6 +114,10 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 			Name: "overtime_unconfined_processes_total",
 			Help: "Tracked processes that could not be moved into their tree's cgroup (ended through pidfds instead).",
 		}, []string{"rule"}),
+		fileTracing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "overtime_file_tracing",
+			Help: "1 while the file syscall tracepoints are attached (something is tracked, or a rule cannot be prefiltered), else 0.",
+		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "overtime_build_info",
 			Help: "The running overtime build (value 1).",
@@ -124,7 +129,7 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 	m.buildInfo.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
 	reg.MustRegister(m.capped, m.runtime, m.timeouts, m.kills, m.killLatency,
 		m.removedFiles, m.removedBytes, m.cleanupSkipped, m.cleanupErrors,
-		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.buildInfo)
+		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.fileTracing, m.buildInfo)
 	return m
 }
 

@@ -23,11 +23,24 @@ type Source interface {
 	// reported from now on. Untrack forgets it.
 	Track(pid int) error
 	Untrack(pid int) error
+	// EnableFiles starts reporting file changes of tracked processes (the
+	// file syscall tracepoints). While they are off, the kernel holds every
+	// new candidate at exec (Process.Held) so none of its file changes is
+	// missed: the agent enables them before it resumes a process it tracks.
+	EnableFiles() error
+	// DisableFiles stops it, unless the kernel tracks a process: then it
+	// returns false and they stay on.
+	DisableFiles() (bool, error)
+	// FilesEnabled reports whether file changes are reported.
+	FilesEnabled() bool
 	// Pending lists exec candidates the kernel tracks that the agent has
 	// neither tracked nor untracked (their exec records were lost).
 	Pending() ([]int, error)
 	// WatchParent reports EventOrphan for child when parent exits first.
 	WatchParent(child, parent int) error
+	// Reaped reports whether process pid, started at born, is gone, not
+	// even a zombie (false when unsure).
+	Reaped(pid int, born time.Duration) bool
 	// OpenFiles lists pid's open files (paths as the process sees them).
 	OpenFiles(pid int) ([]string, error)
 }

@@ -15,6 +15,7 @@ const (
 	timerZombie                    // an exited member still unreaped?
 	timerGone                      // a member gone at confinement: did its exit come?
 	timerRelease                   // retry removing a busy tree cgroup (pid: the try)
+	timerFiles                     // nothing tracked for a while: detach the file tracepoints
 )
 
 // goneGrace is how long a member found gone at confinement waits for its

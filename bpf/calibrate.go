@@ -36,6 +36,14 @@ func (t *Tracer) Calibrate(dir string) (mask uint32, err error) {
 	if _, err := os.Lstat(path); err == nil {
 		return 0, fmt.Errorf("calibrate: %s already exists", path)
 	}
+	if !t.FilesEnabled() {
+		if err := t.EnableFiles(); err != nil {
+			return 0, fmt.Errorf("calibrate: %w", err)
+		}
+		// Detached again when nothing else is tracked; if something is,
+		// they stay, as its tracker wants.
+		defer t.DisableFiles()
+	}
 	wasTracked := t.tracked(pid)
 	if !wasTracked {
 		if err := t.Track(pid); err != nil {

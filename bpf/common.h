@@ -162,7 +162,7 @@ struct exec_event {
 	__u32 filename_len; /* bytes copied, NUL excluded */
 	__u32 args_len;     /* full argv length (arg_end - arg_start) */
 	__u32 args_copied;  /* bytes of args that are valid */
-	__u32 pad;
+	__u32 flags;        /* EXEC_HELD */
 	char filename[FILENAME_MAX_LEN];
 	char args[ARGS_MAX_LEN];
 };
@@ -203,8 +203,15 @@ struct tracked_val {
 	__u32 flags;
 };
 
+/* exec_event flags */
+#define EXEC_HELD 1 /* the kernel stopped it (SIGSTOP): user space resumes it */
+
 struct config_val {
 	__u32 pass_all;
+	/* The file syscall programs are attached. Until they are, a new
+	 * candidate is stopped at exec, so none of its file changes happen
+	 * before they are traced (user space attaches them, then resumes it). */
+	__u32 files_on;
 };
 
 struct {

@@ -9,9 +9,12 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	char comm[TASK_COMM_LEN] = {};
 	__u32 zero = 0;
-	int send = 0, track = 0;
+	int send = 0, track = 0, hold = 0, held = 0;
+	struct config_val *cfg = bpf_map_lookup_elem(&config, &zero);
 	__u8 *filter;
 
+	if (!cfg)
+		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
 
 	/* (c) a tree member execs another program: keep it, send it. */
@@ -23,15 +26,14 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 		send = 1;
 		track = 1;
 		/* A comm of a rule with max_running: stopped before its first
-		 * instruction, so one past the cap never runs. User space
-		 * resumes it (SIGCONT) or kills it. */
-		if (*filter & FILTER_HOLD)
-			bpf_send_signal(SIGSTOP_NR);
-	} else {
+		 * instruction, so one past the cap never runs. And any
+		 * candidate while the file programs are detached: stopped until
+		 * they are attached. User space resumes it (SIGCONT) or kills
+		 * it. */
+		hold = *filter & FILTER_HOLD;
+	} else if (cfg->pass_all) {
 		/* (b) pass_all sends but never tracks. */
-		struct config_val *cfg = bpf_map_lookup_elem(&config, &zero);
-		if (cfg && cfg->pass_all)
-			send = 1;
+		send = 1;
 	}
 	if (!send)
 		return 0;
@@ -39,6 +41,14 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 		struct tracked_val v = {.flags = TRACK_PENDING};
 		/* NOEXIST: never downgrade an entry user space confirmed. */
 		bpf_map_update_elem(&tracked, &tgid, &v, BPF_NOEXIST);
+		/* To detach, user space clears files_on, waits for an RCU grace
+		 * period and checks that tracked is empty: a candidate that saw
+		 * files_on set is in tracked by then, and detaching is called
+		 * off. */
+		if (!cfg->files_on)
+			hold = 1;
+		if (hold && bpf_send_signal(SIGSTOP_NR) == 0)
+			held = 1;
 	}
 
 	struct exec_event *e = reserve(sizeof(*e));
@@ -49,6 +59,7 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 	e->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e->hdr.born = BPF_CORE_READ(task, group_leader, start_boottime);
 	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->flags = held ? EXEC_HELD : 0;
 	__builtin_memcpy(e->comm, comm, sizeof(comm));
 
 	/* filename: __data_loc is offset (low 16 bits) and length with the

@@ -16,6 +16,7 @@ import (
 type overtimeConfigVal struct {
 	_       structs.HostLayout
 	PassAll uint32
+	FilesOn uint32
 }
 
 type overtimeFileStash struct {

@@ -94,6 +94,10 @@ const (
 	truncPath2
 )
 
+// execHeld is the exec record's flag for a process the kernel stopped
+// (common.h EXEC_HELD).
+const execHeld = 1
+
 // Record sizes (common.h); a record shorter than its type's size is
 // malformed.
 const (
@@ -131,6 +135,9 @@ type Record struct {
 	Args              []byte // NUL-separated argv, as much as was copied
 	ArgsLen           uint32 // the full argv length in the process
 	ArgsTruncated     bool
+	// Held: the kernel stopped the process at exec (SIGSTOP); it waits for
+	// user space to resume it (SIGCONT) or end it.
+	Held bool
 
 	// Exit: a wait(2)-style status, (code << 8) | signal.
 	ExitCode int32
@@ -175,7 +182,7 @@ func Decode(raw []byte, rec *Record) error {
 	rec.Born = le.Uint64(raw[24:])
 	rec.CgroupID, rec.ExitCode = 0, 0
 	rec.Comm, rec.Filename, rec.Args = rec.Comm[:0], rec.Filename[:0], rec.Args[:0]
-	rec.ArgsLen, rec.FilenameTruncated, rec.ArgsTruncated = 0, false, false
+	rec.ArgsLen, rec.FilenameTruncated, rec.ArgsTruncated, rec.Held = 0, false, false, false
 	rec.FileOp, rec.Flags, rec.FMode, rec.Dirfd, rec.Dirfd2, rec.Dev, rec.Ino = 0, 0, 0, 0, 0, 0, 0
 	rec.Path, rec.Path2 = rec.Path[:0], rec.Path2[:0]
 	rec.PathTruncated, rec.Path2Truncated = false, false
@@ -197,7 +204,7 @@ func Decode(raw []byte, rec *Record) error {
 		rec.CgroupID = le.Uint64(p)
 		rec.Comm = append(rec.Comm, cstr(p[8:8+CommLen])...)
 		p = p[8+CommLen:]
-		flen, alen, acopied := le.Uint32(p), le.Uint32(p[4:]), le.Uint32(p[8:])
+		flen, alen, acopied, flags := le.Uint32(p), le.Uint32(p[4:]), le.Uint32(p[8:]), le.Uint32(p[12:])
 		if flen > FilenameMax || acopied > ArgsMax || acopied > alen {
 			return fmt.Errorf("%w: exec lengths filename %d args %d/%d", ErrMalformed, flen, acopied, alen)
 		}
@@ -207,6 +214,7 @@ func Decode(raw []byte, rec *Record) error {
 		rec.ArgsLen = alen
 		rec.FilenameTruncated = trunc&truncFilename != 0
 		rec.ArgsTruncated = trunc&truncArgs != 0
+		rec.Held = flags&execHeld != 0
 		return nil
 	case TypeFile:
 		if len(raw) < fileSize {

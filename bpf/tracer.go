@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultRingBufferSize is the size of the events ring buffer when
@@ -43,6 +44,13 @@ type Tracer struct {
 	links  []link.Link
 	rd     *ringbuf.Reader
 	rawRec ringbuf.Record
+
+	// The file syscall programs, attached only while they are needed (see
+	// EnableFiles). fmu guards them and the config map.
+	fmu                   sync.Mutex
+	fileEnter, fileExit   []fileHook
+	enterLinks, exitLinks []link.Link
+	filesOn, passAll      bool
 
 	// pending holds records read by Calibrate that were not its own; Read
 	// delivers them first, in order.
@@ -89,7 +97,9 @@ var legacySyscalls = map[string]bool{
 	"rename": true, "renameat": true, "unlink": true, "rmdir": true,
 }
 
-// Load checks kernel features, loads the programs and attaches them all.
+// Load checks kernel features, loads the programs and attaches the process
+// programs (exec, fork, exit, free); the file programs wait for
+// EnableFiles.
 func Load(opts Options) (*Tracer, error) {
 	size := opts.RingBufferSize
 	if size == 0 {
@@ -130,9 +140,17 @@ func Load(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
+// fileHook is a file syscall program and its tracepoint.
+type fileHook struct {
+	name string // the C name
+	tp   string // sys_enter_X or sys_exit_X
+	prog *ebpf.Program
+}
+
+// attach attaches the process programs where their sections say, and sets
+// the file syscall programs aside for EnableFiles.
 func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 	progs := t.programs()
-	// Every program is attached where its section says.
 	for name, ps := range spec.Programs {
 		prog := progs[name]
 		if prog == nil {
@@ -145,11 +163,17 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 			if !ok {
 				return fmt.Errorf("attach %s: bad section %q", name, sec)
 			}
+			if group == "syscalls" {
+				h := fileHook{name: name, tp: tp, prog: prog}
+				if strings.HasPrefix(tp, "sys_enter_") {
+					t.fileEnter = append(t.fileEnter, h)
+				} else {
+					t.fileExit = append(t.fileExit, h)
+				}
+				continue
+			}
 			l, err := link.Tracepoint(group, tp, prog, nil)
 			if err != nil {
-				if group == "syscalls" && errors.Is(err, os.ErrNotExist) && legacySyscalls[syscallOf(tp)] {
-					continue
-				}
 				return fmt.Errorf("attach %s tracepoint %s/%s: %w", hookName(name), group, tp, err)
 			}
 			t.links = append(t.links, l)
@@ -272,14 +296,171 @@ func (t *Tracer) SetFilter(comms []string, all bool, hold []string) error {
 			return fmt.Errorf("delete comm filter %q: %w", cstr(k[:]), err)
 		}
 	}
-	cfg := overtimeConfigVal{}
-	if all {
+	t.fmu.Lock()
+	defer t.fmu.Unlock()
+	t.passAll = all
+	return t.writeConfig()
+}
+
+// writeConfig writes the config map from passAll and filesOn; fmu held.
+func (t *Tracer) writeConfig() error {
+	var cfg overtimeConfigVal
+	if t.passAll {
 		cfg.PassAll = 1
 	}
+	if t.filesOn {
+		cfg.FilesOn = 1
+	}
 	if err := t.objs.Config.Put(uint32(0), cfg); err != nil {
-		return fmt.Errorf("set pass-all: %w", err)
+		return fmt.Errorf("write config map: %w", err)
 	}
 	return nil
+}
+
+// The file syscall programs run on every syscall of theirs on the node and
+// make every syscall take the kernel's tracing path: at a few percent of a
+// syscall-heavy workload's throughput, they are attached only while
+// something is tracked. While they are detached, the exec program stops a
+// new candidate (SIGSTOP, Record.Held) so that none of its file changes
+// happen before they are traced: user space calls EnableFiles, then resumes
+// it.
+
+// FilesEnabled reports whether the file syscall programs are attached.
+func (t *Tracer) FilesEnabled() bool {
+	t.fmu.Lock()
+	defer t.fmu.Unlock()
+	return t.filesOn
+}
+
+// EnableFiles attaches the file syscall programs (a no-op when they are).
+func (t *Tracer) EnableFiles() error {
+	t.fmu.Lock()
+	defer t.fmu.Unlock()
+	if t.filesOn {
+		return nil
+	}
+	// Exits first: a call whose enter ran before it was attached finds no
+	// stashed arguments at its exit and is not reported.
+	exits, err := attachSyscalls(t.fileExit)
+	if err != nil {
+		return err
+	}
+	enters, err := attachSyscalls(t.fileEnter)
+	if err != nil {
+		closeLinks(exits)
+		return err
+	}
+	t.enterLinks, t.exitLinks, t.filesOn = enters, exits, true
+	if err := t.writeConfig(); err != nil {
+		t.detachFiles()
+		return err
+	}
+	return nil
+}
+
+// DisableFiles detaches the file syscall programs, unless the kernel tracks
+// a process: one user space tracks, or a candidate whose exec raced with
+// the call. Then they stay attached and it returns false.
+func (t *Tracer) DisableFiles() (bool, error) {
+	t.fmu.Lock()
+	defer t.fmu.Unlock()
+	if !t.filesOn {
+		return true, nil
+	}
+	t.filesOn = false
+	if err := t.writeConfig(); err != nil {
+		t.filesOn = true
+		return false, err
+	}
+	// Every exec program that read files_on set has finished after a
+	// grace period, its candidate in tracked.
+	if err := syncPrograms(); err != nil {
+		t.filesOn = true
+		return false, errors.Join(err, t.writeConfig())
+	}
+	busy, err := t.anyTracked()
+	if err != nil || busy {
+		t.filesOn = true
+		return false, errors.Join(err, t.writeConfig())
+	}
+	return true, t.detachFiles()
+}
+
+// detachFiles closes the file program links, enters before exits, and
+// clears the arguments stashed by calls in flight; fmu held.
+func (t *Tracer) detachFiles() error {
+	errs := []error{closeLinks(t.enterLinks), closeLinks(t.exitLinks)}
+	t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
+	var k uint64
+	var v overtimeFileStash
+	var stale []uint64
+	it := t.objs.FileStash.Iterate()
+	for it.Next(&k, &v) {
+		stale = append(stale, k)
+	}
+	errs = append(errs, it.Err())
+	for _, k := range stale {
+		if err := t.objs.FileStash.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, t.writeConfig())
+	return errors.Join(errs...)
+}
+
+// attachSyscalls attaches hooks to their syscall tracepoints; a legacy
+// syscall the architecture lacks is skipped.
+func attachSyscalls(hooks []fileHook) ([]link.Link, error) {
+	links := make([]link.Link, 0, len(hooks))
+	for _, h := range hooks {
+		l, err := link.Tracepoint("syscalls", h.tp, h.prog, nil)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && legacySyscalls[syscallOf(h.tp)] {
+				continue
+			}
+			closeLinks(links)
+			return nil, fmt.Errorf("attach %s tracepoint syscalls/%s: %w", hookName(h.name), h.tp, err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
+
+// closeLinks closes links concurrently: detaching a tracepoint waits for
+// an RCU grace period, so one after another takes seconds, together a few
+// milliseconds.
+func closeLinks(links []link.Link) error {
+	errs := make([]error, len(links))
+	var wg sync.WaitGroup
+	for i, l := range links {
+		wg.Go(func() { errs[i] = l.Close() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// membarrierCmdGlobal is MEMBARRIER_CMD_GLOBAL (linux/membarrier.h): it
+// returns after an RCU grace period, when every BPF program running at the
+// call has finished.
+const membarrierCmdGlobal = 1
+
+func syncPrograms() error {
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		return fmt.Errorf("wait for running BPF programs: membarrier: %w", errno)
+	}
+	return nil
+}
+
+// anyTracked reports whether the kernel's tracked map has an entry.
+func (t *Tracer) anyTracked() (bool, error) {
+	var k uint32
+	var v overtimeTrackedVal
+	it := t.objs.Tracked.Iterate()
+	found := it.Next(&k, &v)
+	if err := it.Err(); err != nil {
+		return false, fmt.Errorf("list tracked: %w", err)
+	}
+	return found, nil
 }
 
 // Tracked flags (common.h TRACK_*).
@@ -368,20 +549,11 @@ func (t *Tracer) Close() error {
 		if t.rd != nil {
 			errs = append(errs, t.rd.Close())
 		}
-		// Detaching a tracepoint waits for an RCU grace period; closing the
-		// links one after another takes seconds, concurrently a few ms.
-		linkErrs := make([]error, len(t.links))
-		var wg sync.WaitGroup
-		for i, l := range t.links {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				linkErrs[i] = l.Close()
-			}()
-		}
-		wg.Wait()
-		errs = append(errs, linkErrs...)
-		errs = append(errs, t.objs.Close())
+		t.fmu.Lock()
+		links := append(append(t.links, t.enterLinks...), t.exitLinks...)
+		t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
+		t.fmu.Unlock()
+		errs = append(errs, closeLinks(links), t.objs.Close())
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr

@@ -67,9 +67,15 @@ type harness struct {
 	got []Record // records seen by wait, in order
 }
 
+// newHarness loads the programs with the file programs attached, as while
+// something is tracked (TestFilesOnDemand starts without them).
 func newHarness(t *testing.T, opts Options) *harness {
 	t.Helper()
-	return newHarnessWith(t, opts, nil)
+	return newHarnessWith(t, opts, func(tr *Tracer) {
+		if err := tr.EnableFiles(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // newHarnessWith runs before (e.g. Calibrate) between Load and the start of
@@ -514,12 +520,21 @@ func TestMultithreadedExitOnce(t *testing.T) {
 func TestCalibrateAndFiles(t *testing.T) {
 	var mask uint32
 	var calErr error
+	var filesAfter bool
 	h := newHarnessWith(t, Options{}, func(tr *Tracer) {
-		// Calibrate runs before the consumer, as documented.
+		// Calibrate runs before the consumer, as documented; it attaches
+		// the file programs for itself and detaches them again.
 		mask, calErr = tr.Calibrate(t.TempDir())
+		filesAfter = tr.FilesEnabled()
+		if err := tr.EnableFiles(); err != nil {
+			t.Fatal(err)
+		}
 	})
 	if calErr != nil {
 		t.Fatalf("Calibrate: %v", calErr)
+	}
+	if filesAfter {
+		t.Error("file programs still attached after Calibrate")
 	}
 	if mask != 0x100000 {
 		t.Errorf("FMODE_CREATED mask %#x, KERNEL-NOTES measured 0x100000 on 6.18", mask)
@@ -633,6 +648,9 @@ func TestLostCounter(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	defer tr.Close()
+	if err := tr.EnableFiles(); err != nil {
+		t.Fatal(err)
+	}
 	before, err := tr.Lost()
 	if err != nil {
 		t.Fatal(err)
@@ -735,5 +753,100 @@ func TestLoadWithoutBTF(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "kernel BTF missing") || !strings.Contains(err.Error(), btfPath) {
 		t.Fatalf("error does not say what is missing: %v", err)
+	}
+}
+
+// With the file programs detached, a candidate is stopped at exec (Held)
+// and none of its file changes happen before EnableFiles: the file its
+// first command creates is reported. Detaching is refused while the kernel
+// tracks a process, and afterwards a tracked process's files go unreported
+// and candidates are held again.
+func TestFilesOnDemand(t *testing.T) {
+	h := newHarnessWith(t, Options{}, nil)
+	if h.tr.FilesEnabled() {
+		t.Fatal("file programs attached at Load")
+	}
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	first := filepath.Join(dir, "first")
+	cmd := exec.Command(sh, "-c", `echo x > "$1"`, "sh", first)
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	ex := h.wait(t, "held exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
+	if !ex.Held {
+		t.Fatal("exec record of a candidate with file programs off: Held not set")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if st := procState(t, pid); st != 'T' {
+		t.Fatalf("candidate state %c, want T (stopped)", st)
+	}
+	if _, err := os.Lstat(first); err == nil {
+		t.Fatal("the held process ran")
+	}
+	// Undecided, it keeps the programs from being detached.
+	if err := h.tr.EnableFiles(); err != nil {
+		t.Fatal(err)
+	}
+	if off, err := h.tr.DisableFiles(); off || err != nil || !h.tr.FilesEnabled() {
+		t.Fatalf("DisableFiles with a candidate tracked = %v, %v; attached %v", off, err, h.tr.FilesEnabled())
+	}
+	if err := h.tr.Track(pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, "the held process's first file", func(r *Record) bool {
+		return r.Type == TypeFile && r.TGID == uint32(pid) && r.FileOp == OpOpen && string(r.Path) == first
+	})
+	h.wait(t, "reap", func(r *Record) bool { return r.Type == TypeReap && r.TGID == uint32(pid) })
+
+	// With programs attached, a candidate is not held.
+	cmd = exec.Command(sh, "-c", "exit 0")
+	start(t, cmd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	ex = h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(cmd.Process.Pid) })
+	if ex.Held {
+		t.Fatal("a candidate held with the file programs attached")
+	}
+	if err := h.tr.Untrack(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nothing tracked: detached.
+	if off, err := h.tr.DisableFiles(); !off || err != nil || h.tr.FilesEnabled() {
+		t.Fatalf("DisableFiles with nothing tracked = %v, %v; attached %v", off, err, h.tr.FilesEnabled())
+	}
+	cmd = exec.Command(sh, "-c", "exit 0")
+	start(t, cmd)
+	ex = h.wait(t, "exec held again", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(cmd.Process.Pid) })
+	if !ex.Held {
+		t.Fatal("a candidate not held after DisableFiles")
+	}
+	syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.tr.Untrack(cmd.Process.Pid)
+	self := os.Getpid()
+	if err := h.tr.Track(self); err != nil {
+		t.Fatal(err)
+	}
+	defer h.tr.Untrack(self)
+	unseen := filepath.Join(dir, "unseen")
+	if err := os.WriteFile(unseen, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.drain(300 * time.Millisecond)
+	if n := h.count(func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == unseen }); n != 0 {
+		t.Fatalf("%d file records with the file programs detached", n)
 	}
 }

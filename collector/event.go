@@ -70,6 +70,9 @@ type Process struct {
 	Born time.Duration
 	// Zombie: a scan found it exited and not yet reaped by its parent.
 	Zombie bool
+	// Held (exec events): the kernel stopped it at exec; it waits for
+	// Enforcer.Resume or its end.
+	Held bool
 }
 
 // FileOp is what a tracked process did to a path.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -131,6 +132,21 @@ func (p *Procfs) Skipped() uint64 { return p.skipped.Load() }
 // kernel thread.
 func (p *Procfs) Process(pid int) (Process, error) {
 	return p.read(newProcReader(), pid)
+}
+
+// Reaped reports whether process pid, started at born, is gone from the
+// node: no /proc/PID, or one that started at another time (the PID was
+// reused). A zombie is not reaped. When unsure, it says false.
+func (p *Procfs) Reaped(pid int, born time.Duration) bool {
+	data, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
+	}
+	st, err := parseStat(data)
+	if err != nil {
+		return false
+	}
+	return st.start != uint64(born/(time.Second/userHZ))
 }
 
 // read reads process pid through a descriptor of its /proc/PID directory.

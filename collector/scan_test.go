@@ -462,10 +462,25 @@ func TestScanRealZombieAndExit(t *testing.T) {
 	if _, err := p.Process(pid); !errors.Is(err, ErrGone) {
 		t.Errorf("Process(zombie %d) error = %v, want ErrGone", pid, err)
 	}
+	var born time.Duration
+	for _, proc := range procs {
+		if proc.PID == pid {
+			born = proc.Born
+		}
+	}
+	if p.Reaped(pid, born) {
+		t.Error("Reaped says yes for a zombie")
+	}
+	if !p.Reaped(pid, born+time.Second) {
+		t.Error("Reaped says no for another start time (a reused PID)")
+	}
 	_ = cmd.Wait()
 	reaped = true
 	if _, err := p.Process(pid); !errors.Is(err, ErrGone) {
 		t.Errorf("Process(reaped %d) error = %v, want ErrGone", pid, err)
+	}
+	if !p.Reaped(pid, born) {
+		t.Error("Reaped says no for a reaped process")
 	}
 }
 

@@ -98,6 +98,17 @@ func (s *Source) SetFilter(comms []string, all bool, hold []string) error {
 	return s.t.SetFilter(comms, all, hold)
 }
 
+// EnableFiles attaches the file syscall tracepoints; until then, new
+// candidates are held at exec (Process.Held).
+func (s *Source) EnableFiles() error { return s.t.EnableFiles() }
+
+// DisableFiles detaches them unless the kernel tracks a process (then it
+// returns false and they stay).
+func (s *Source) DisableFiles() (bool, error) { return s.t.DisableFiles() }
+
+// FilesEnabled reports whether the file syscall tracepoints are attached.
+func (s *Source) FilesEnabled() bool { return s.t.FilesEnabled() }
+
 // Track marks pid as tracked: its forks, exits and file changes are
 // reported from now on.
 func (s *Source) Track(pid int) error { return s.t.Track(pid) }
@@ -114,6 +125,10 @@ func (s *Source) Pending() ([]int, error) { return s.t.Pending() }
 
 // Scan lists the processes running now, from procfs.
 func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
+
+// Reaped reports whether process pid, started at born, is gone (not even
+// a zombie), from procfs.
+func (s *Source) Reaped(pid int, born time.Duration) bool { return s.proc.Reaped(pid, born) }
 
 // OpenFiles lists pid's open files, from procfs.
 func (s *Source) OpenFiles(pid int) ([]string, error) { return s.proc.OpenFiles(pid) }
@@ -251,6 +266,7 @@ func (s *Source) process(r *bpf.Record) *Process {
 		Args:  splitArgs(r.Args),
 		Start: time.Duration(r.Time),
 		Born:  time.Duration(r.Born),
+		Held:  r.Held,
 	}
 	exe, err := s.proc.Exe(pid)
 	if err != nil || exe == "" {

@@ -42,6 +42,13 @@ func newSource(t *testing.T, opts bpf.Options) *srcHarness {
 		t.Fatal(err)
 	}
 	src := NewSource(tr, proc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if src.FilesEnabled() {
+		t.Fatal("file tracepoints attached after NewSource with nothing tracked")
+	}
+	// As while something is tracked (the agent's part, tested there).
+	if err := src.EnableFiles(); err != nil {
+		t.Fatal(err)
+	}
 	h := &srcHarness{src: src, ch: make(chan Event, 4096)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -28,6 +28,7 @@ type runFlags struct {
 	config, listen, mode, logFormat, logLevel string
 	ringBuffer                                int
 	pprof                                     bool
+	filesIdle                                 time.Duration
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -41,6 +42,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.IntVar(&f.ringBuffer, "ring-buffer-size", 8<<20, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
+	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -55,6 +57,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if f.ringBuffer < 4096 || f.ringBuffer&(f.ringBuffer-1) != 0 {
 		fmt.Fprintf(stderr, "overtime run: --ring-buffer-size %d: must be a power of two of at least 4096\n", f.ringBuffer)
+		return exitUsage
+	}
+	if f.filesIdle <= 0 {
+		fmt.Fprintf(stderr, "overtime run: --file-tracing-idle %v: must be greater than 0\n", f.filesIdle)
 		return exitUsage
 	}
 	cfg, err := f.load()
@@ -134,7 +140,7 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	reg := prometheus.NewRegistry()
 	a := agent.New(agent.Options{
 		Config: cfg, Source: src, Enforcer: enf, Clock: collector.BootClock{},
-		Logger: log, Registry: reg, Build: buildInfo(),
+		Logger: log, Registry: reg, Build: buildInfo(), FilesIdle: f.filesIdle,
 	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
