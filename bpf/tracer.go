@@ -51,6 +51,10 @@ type Tracer struct {
 	fileEnter, fileExit   []fileHook
 	enterLinks, exitLinks []link.Link
 	filesOn, passAll      bool
+	// detached is closed when the last DisableFiles has closed its links
+	// (in the background: about a second); detachErr is what that failed.
+	detached  chan struct{}
+	detachErr error
 
 	// pending holds records read by Calibrate that were not its own; Read
 	// delivers them first, in order.
@@ -339,6 +343,7 @@ func (t *Tracer) EnableFiles() error {
 	if t.filesOn {
 		return nil
 	}
+	t.waitDetached()
 	// Exits first: a call whose enter ran before it was attached finds no
 	// stashed arguments at its exit and is not reported.
 	exits, err := attachSyscalls(t.fileExit)
@@ -383,7 +388,26 @@ func (t *Tracer) DisableFiles() (bool, error) {
 		t.filesOn = true
 		return false, errors.Join(err, t.writeConfig())
 	}
-	return true, t.detachFiles()
+	// Closing a tracepoint link waits for RCU grace periods, one link
+	// after another: the links are closed in the background, and the next
+	// EnableFiles waits for that.
+	enters, exits := t.enterLinks, t.exitLinks
+	t.enterLinks, t.exitLinks = nil, nil
+	done := make(chan struct{})
+	t.detached = done
+	go func() {
+		defer close(done)
+		t.detachErr = errors.Join(t.detachErr, closeLinks(enters), closeLinks(exits), t.clearStash())
+	}()
+	return true, nil
+}
+
+// waitDetached waits for a background detach to finish; fmu held.
+func (t *Tracer) waitDetached() {
+	if t.detached != nil {
+		<-t.detached
+		t.detached = nil
+	}
 }
 
 // detachFiles closes the file program links, enters before exits, and
@@ -391,6 +415,14 @@ func (t *Tracer) DisableFiles() (bool, error) {
 func (t *Tracer) detachFiles() error {
 	errs := []error{closeLinks(t.enterLinks), closeLinks(t.exitLinks)}
 	t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
+	errs = append(errs, t.clearStash(), t.writeConfig())
+	return errors.Join(errs...)
+}
+
+// clearStash deletes the arguments stashed by enter programs whose calls
+// had not returned when the programs were detached.
+func (t *Tracer) clearStash() error {
+	var errs []error
 	var k uint64
 	var v overtimeFileStash
 	var stale []uint64
@@ -404,7 +436,6 @@ func (t *Tracer) detachFiles() error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, t.writeConfig())
 	return errors.Join(errs...)
 }
 
@@ -550,8 +581,10 @@ func (t *Tracer) Close() error {
 			errs = append(errs, t.rd.Close())
 		}
 		t.fmu.Lock()
+		t.waitDetached()
 		links := append(append(t.links, t.enterLinks...), t.exitLinks...)
 		t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
+		errs = append(errs, t.detachErr)
 		t.fmu.Unlock()
 		errs = append(errs, closeLinks(links), t.objs.Close())
 		t.closeErr = errors.Join(errs...)

@@ -850,3 +850,38 @@ func TestFilesOnDemand(t *testing.T) {
 		t.Fatalf("%d file records with the file programs detached", n)
 	}
 }
+
+// BenchmarkFilesAttach measures what the first tracked process waits at
+// exec when nothing was tracked (EnableFiles), and the detach after idle.
+func BenchmarkFilesAttach(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root to load BPF programs")
+	}
+	tr, err := Load(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	var attach, disable, detached time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := tr.EnableFiles(); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if off, err := tr.DisableFiles(); !off || err != nil {
+			b.Fatalf("DisableFiles = %v, %v", off, err)
+		}
+		t2 := time.Now()
+		tr.fmu.Lock()
+		tr.waitDetached()
+		tr.fmu.Unlock()
+		attach += t1.Sub(t0)
+		disable += t2.Sub(t1)
+		detached += time.Since(t1)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(attach.Microseconds())/n, "µs-attach/op")
+	b.ReportMetric(float64(disable.Microseconds())/n, "µs-disable-call/op")
+	b.ReportMetric(float64(detached.Microseconds())/n, "µs-detached/op")
+}

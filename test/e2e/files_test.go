@@ -717,3 +717,54 @@ rules:
 		t.Fatalf("runtime{exited} count = %v", v)
 	}
 }
+
+// The file tracepoints are attached only while something is tracked. The
+// first engine on an idle node is held at exec until they are attached, so
+// the lock its very first command writes is recorded, and removed once it is
+// killed; with nothing tracked for --file-tracing-idle they are detached
+// again. Two rounds: attach, detach, attach, detach.
+func TestFileTracingOnDemand(t *testing.T) {
+	cg := newTestCgroup(t)
+	dir := t.TempDir()
+	locks := filepath.Join(dir, "locks")
+	if err := os.Mkdir(locks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, `
+mode: enforce
+rules:
+  - name: ovt-first
+    match: {comm: [ovt-first]}
+    timeout: 2s
+    kill: {signal: SIGKILL, grace: 1s}
+    cleanup: {paths: ["`+locks+`/*"]}
+`, "--file-tracing-idle", "1s")
+	if v := a.metric("overtime_file_tracing"); v != 0 {
+		t.Fatalf("overtime_file_tracing = %v with nothing tracked", v)
+	}
+	eng := engine(t, dir, "ovt-first", `echo $$ > "$1/lock.$$"; exec sleep 1000`)
+	for round := range 2 {
+		p := cg.launch(t, dir, nil, eng, locks)
+		lock := filepath.Join(locks, fmt.Sprintf("lock.%d", p.pid))
+		eventually(t, 5*time.Second, "the first command's lock in created_files", func() bool {
+			info, ok := a.process(p.pid)
+			return ok && slices.Contains(info.CreatedFiles, lock)
+		})
+		if v := a.metric("overtime_file_tracing"); v != 1 {
+			t.Fatalf("round %d: overtime_file_tracing = %v while tracking", round, v)
+		}
+		if !p.waitDone(10 * time.Second) {
+			t.Fatalf("round %d: engine not ended at its deadline", round)
+		}
+		eventually(t, 5*time.Second, "its lock removed", func() bool {
+			_, err := os.Lstat(lock)
+			return errors.Is(err, os.ErrNotExist)
+		})
+		eventually(t, 10*time.Second, "file tracing detached after 1s idle", func() bool {
+			return a.metric("overtime_file_tracing") == 0
+		})
+	}
+	if got := a.skips(); len(got) != 0 {
+		t.Fatalf("skips: %q", got)
+	}
+}
