@@ -670,6 +670,9 @@ func (a *Agent) tick(now time.Duration) {
 				if a.src.Reaped(p.PID, p.Born) {
 					// Reaped, and its reap record never came.
 					a.log.Debug("reaped without a reap record", a.procAttrs(p)...)
+					if err := a.src.Untrack(p.PID); err != nil {
+						a.log.Debug("untrack", "pid", p.PID, "err", err)
+					}
 					a.reaped(p)
 					continue
 				}

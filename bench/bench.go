@@ -23,6 +23,8 @@ import (
 type bench struct {
 	bin   string // absolute path of the overtime binary
 	quick bool
+	// heapProfile: where the memory target saves the agent's heap profile.
+	heapProfile string
 	// nofile is RLIMIT_NOFILE, which the agents inherit.
 	nofile uint64
 	tmp    string // scratch directory: engines, configs, agent logs

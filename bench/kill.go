@@ -347,6 +347,13 @@ func memoryAndKill10k(b *bench) error {
 		return err
 	}
 	heap := a.heapInuse()
+	if b.heapProfile != "" {
+		if body, err := a.get("/debug/pprof/heap"); err == nil {
+			if err := os.WriteFile(b.heapProfile, body, 0o644); err != nil {
+				b.out.note("heap profile: %v", err)
+			}
+		}
+	}
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", a.pid()))
 	b.out.info("memory_rss_idle", mib(rss0), "agent VmRSS before the trees")
 	b.out.check("memory_rss_10k", mib(rss1), fmt.Sprintf("≤ 40 MiB, VmRSS tracking %d processes", procs), rss1 <= 40<<20)

@@ -51,6 +51,7 @@ func run() int {
 	agentBin := flag.String("agent", "bin/overtime", "the overtime binary to measure")
 	only := flag.String("only", "", "comma-separated targets to run (default all): "+targetNames())
 	quick := flag.Bool("quick", false, "fewer rounds and processes (a smoke run, figures are rougher)")
+	heapProfile := flag.String("heapprofile", "", "write the agent's heap profile with 10,000 tracked processes to this file (memory target)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root: it loads eBPF programs through the agent, makes cgroups and kills its own processes")
@@ -66,6 +67,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
+	b.heapProfile = *heapProfile
 	// SIGINT/SIGTERM: kill what was started, remove the cgroup, then go.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

@@ -163,8 +163,10 @@ struct exec_event {
 	__u32 args_len;     /* full argv length (arg_end - arg_start) */
 	__u32 args_copied;  /* bytes of args that are valid */
 	__u32 flags;        /* EXEC_HELD */
-	char filename[FILENAME_MAX_LEN];
-	char args[ARGS_MAX_LEN];
+	/* filename_len bytes of the filename, then args_copied bytes of argv:
+	 * the record ends there (it is built in scratch and sent with its
+	 * real length, so a short command line takes a short record). */
+	char data[FILENAME_MAX_LEN + ARGS_MAX_LEN];
 };
 
 struct exit_event {
@@ -183,8 +185,9 @@ struct file_event {
 	__u16 path_len;  /* bytes copied, NUL excluded */
 	__u16 path2_len;
 	__u64 ino;
-	char path[PATH_MAX_LEN];
-	char path2[PATH_MAX_LEN];
+	/* path_len bytes of path, then path2_len bytes of path2: the record
+	 * ends there. */
+	char data[2 * PATH_MAX_LEN];
 };
 
 /* ---- maps ---- */
@@ -216,7 +219,7 @@ struct config_val {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20); /* set from Go before load */
+	__uint(max_entries, 2 << 20); /* set from Go before load */
 } events SEC(".maps");
 
 struct {
@@ -247,12 +250,39 @@ struct {
 	__type(value, struct tracked_val);
 } tracked SEC(".maps");
 
+/* Variable-length records are built here, then copied to the ring buffer
+ * with their real length. Tracepoint programs do not nest on a CPU. */
+union scratch {
+	struct exec_event exec;
+	struct file_event file;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, union scratch);
+} scratch SEC(".maps");
+
+static __always_inline union scratch *scratch_buf(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
 static __always_inline void count_lost(void)
 {
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
 	if (n)
 		*n += 1; /* per-CPU: no atomics needed */
+}
+
+/* output sends size bytes of a scratch record. */
+static __always_inline void output(void *e, __u64 size)
+{
+	if (bpf_ringbuf_output(&events, e, size, 0))
+		count_lost();
 }
 
 static __always_inline void *reserve(__u64 size)

@@ -51,9 +51,10 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 			held = 1;
 	}
 
-	struct exec_event *e = reserve(sizeof(*e));
-	if (!e)
+	union scratch *buf = scratch_buf();
+	if (!buf)
 		return 0;
+	struct exec_event *e = &buf->exec;
 	fill_hdr(&e->hdr, EV_EXEC, tgid);
 	e->hdr.tid = (__u32)bpf_get_current_pid_tgid();
 	e->hdr.ppid = BPF_CORE_READ(task, real_parent, tgid);
@@ -65,28 +66,33 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 	/* filename: __data_loc is offset (low 16 bits) and length with the
 	 * NUL (high 16 bits) of the string in the trace record. */
 	__u32 loc = BPF_CORE_READ(ctx, __data_loc_filename);
-	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+	long n = bpf_probe_read_kernel_str(e->data, FILENAME_MAX_LEN,
 					   (void *)ctx + (loc & 0xffff));
-	e->filename_len = n > 0 ? n - 1 : 0;
-	if ((loc >> 16) > sizeof(e->filename))
+	__u32 flen = n > 0 ? (n - 1) & (FILENAME_MAX_LEN - 1) : 0;
+	e->filename_len = flen;
+	if ((loc >> 16) > FILENAME_MAX_LEN)
 		e->hdr.trunc |= TRUNC_FILENAME;
 
-	/* argv: NUL-separated strings between mm->arg_start and arg_end. */
+	/* argv: NUL-separated strings between mm->arg_start and arg_end,
+	 * right after the filename. */
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
 	__u64 len = end > start ? end - start : 0;
+	__u32 copied = 0;
 	e->args_len = len;
-	e->args_copied = 0;
 	if (len >= ARGS_MAX_LEN) {
-		if (bpf_probe_read_user(e->args, ARGS_MAX_LEN, (void *)start) == 0)
-			e->args_copied = ARGS_MAX_LEN;
+		if (bpf_probe_read_user(e->data + flen, ARGS_MAX_LEN, (void *)start) == 0)
+			copied = ARGS_MAX_LEN;
 		if (len > ARGS_MAX_LEN)
 			e->hdr.trunc |= TRUNC_ARGS;
 	} else if (len > 0) {
 		__u32 m = len & (ARGS_MAX_LEN - 1);
-		if (bpf_probe_read_user(e->args, m, (void *)start) == 0)
-			e->args_copied = m;
+		if (bpf_probe_read_user(e->data + flen, m, (void *)start) == 0)
+			copied = m;
 	}
-	bpf_ringbuf_submit(e, 0);
+	if (copied > ARGS_MAX_LEN)
+		copied = ARGS_MAX_LEN;
+	e->args_copied = copied;
+	output(e, __builtin_offsetof(struct exec_event, data) + flen + copied);
 	return 0;
 }

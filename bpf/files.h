@@ -75,9 +75,10 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	if (ret < 0)
 		return 0;
 
-	struct file_event *e = reserve(sizeof(*e));
-	if (!e)
+	union scratch *buf = scratch_buf();
+	if (!buf)
 		return 0;
+	struct file_event *e = &buf->file;
 	fill_hdr(&e->hdr, EV_FILE, id >> 32);
 	e->hdr.op = s.op;
 	e->hdr.tid = (__u32)id;
@@ -87,33 +88,30 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	e->dirfd2 = s.dirfd2;
 	e->dev = 0;
 	e->ino = 0;
-	e->path_len = 0;
-	e->path2_len = 0;
 
-	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)s.path);
+	/* A full buffer may be an exact fit or a longer path: the bound is
+	 * conservative, a 511-byte path is reported as truncated. */
+	__u32 plen = 0, p2len = 0;
+	long n = bpf_probe_read_user_str(e->data, PATH_MAX_LEN, (void *)s.path);
 	if (n > 0) {
-		e->path_len = n - 1;
-		/* A full buffer may be an exact fit or a longer path: the bound
-		 * is conservative, a 511-byte path is reported as truncated. */
-		if (n == sizeof(e->path))
+		plen = (n - 1) & (PATH_MAX_LEN - 1);
+		if (n == PATH_MAX_LEN)
 			e->hdr.trunc |= TRUNC_PATH;
-	} else {
-		e->path[0] = 0;
 	}
-	e->path2[0] = 0;
 	if (s.path2) {
-		n = bpf_probe_read_user_str(e->path2, sizeof(e->path2), (void *)s.path2);
+		/* path2 right after path. */
+		n = bpf_probe_read_user_str(e->data + plen, PATH_MAX_LEN, (void *)s.path2);
 		if (n > 0) {
-			e->path2_len = n - 1;
-			if (n == sizeof(e->path2))
+			p2len = (n - 1) & (PATH_MAX_LEN - 1);
+			if (n == PATH_MAX_LEN)
 				e->hdr.trunc |= TRUNC_PATH2;
-		} else {
-			e->path2[0] = 0;
 		}
 	}
+	e->path_len = plen;
+	e->path2_len = p2len;
 	if (s.op == OP_OPEN)
 		read_open_file(e, ret);
-	bpf_ringbuf_submit(e, 0);
+	output(e, __builtin_offsetof(struct file_event, data) + plen + p2len);
 	return 0;
 }
 

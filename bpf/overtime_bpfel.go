@@ -29,6 +29,31 @@ type overtimeFileStash struct {
 	Path2  uint64
 }
 
+type overtimeScratch struct {
+	_    structs.HostLayout
+	Exec struct {
+		_   structs.HostLayout
+		Hdr struct {
+			_     structs.HostLayout
+			Type  uint8
+			Op    uint8
+			Trunc uint16
+			Tgid  uint32
+			Ppid  uint32
+			Tid   uint32
+			Time  uint64
+			Born  uint64
+		}
+		CgroupId    uint64
+		Comm        [16]int8
+		FilenameLen uint32
+		ArgsLen     uint32
+		ArgsCopied  uint32
+		Flags       uint32
+		Data        [1280]int8
+	}
+}
+
 type overtimeTrackedVal struct {
 	_     structs.HostLayout
 	Flags uint32
@@ -43,6 +68,7 @@ const (
 	overtimeMapEvents            = "events"
 	overtimeMapFileStash         = "file_stash"
 	overtimeMapLost              = "lost"
+	overtimeMapScratch           = "scratch"
 	overtimeMapTracked           = "tracked"
 	overtimeProgRawFork          = "raw_fork"
 	overtimeProgRawFree          = "raw_free"
@@ -171,6 +197,7 @@ type overtimeMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	FileStash  *ebpf.MapSpec `ebpf:"file_stash"`
 	Lost       *ebpf.MapSpec `ebpf:"lost"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Tracked    *ebpf.MapSpec `ebpf:"tracked"`
 }
 
@@ -205,6 +232,7 @@ type overtimeMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	FileStash  *ebpf.Map `ebpf:"file_stash"`
 	Lost       *ebpf.Map `ebpf:"lost"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Tracked    *ebpf.Map `ebpf:"tracked"`
 }
 
@@ -215,6 +243,7 @@ func (m *overtimeMaps) Close() error {
 		m.Events,
 		m.FileStash,
 		m.Lost,
+		m.Scratch,
 		m.Tracked,
 	)
 }

@@ -98,13 +98,13 @@ const (
 // (common.h EXEC_HELD).
 const execHeld = 1
 
-// Record sizes (common.h); a record shorter than its type's size is
-// malformed.
+// Record sizes (common.h): the fixed part of each type; exec and file
+// records carry their strings after it, as long as they are.
 const (
-	hdrSize  = 32
-	execSize = hdrSize + 8 + CommLen + 16 + FilenameMax + ArgsMax
-	exitSize = hdrSize + 8
-	fileSize = hdrSize + 24 + 8 + 2*PathMax
+	hdrSize   = 32
+	execFixed = hdrSize + 8 + CommLen + 16
+	exitSize  = hdrSize + 8
+	fileFixed = hdrSize + 32
 )
 
 // ErrMalformed is returned (wrapped) by Decode for a record it cannot read.
@@ -197,28 +197,28 @@ func Decode(raw []byte, rec *Record) error {
 		rec.ExitCode = int32(le.Uint32(raw[hdrSize:]))
 		return nil
 	case TypeExec:
-		if len(raw) < execSize {
-			return fmt.Errorf("%w: exec record of %d bytes, need %d", ErrMalformed, len(raw), execSize)
+		if len(raw) < execFixed {
+			return fmt.Errorf("%w: exec record of %d bytes, need %d", ErrMalformed, len(raw), execFixed)
 		}
 		p := raw[hdrSize:]
 		rec.CgroupID = le.Uint64(p)
 		rec.Comm = append(rec.Comm, cstr(p[8:8+CommLen])...)
 		p = p[8+CommLen:]
 		flen, alen, acopied, flags := le.Uint32(p), le.Uint32(p[4:]), le.Uint32(p[8:]), le.Uint32(p[12:])
-		if flen > FilenameMax || acopied > ArgsMax || acopied > alen {
-			return fmt.Errorf("%w: exec lengths filename %d args %d/%d", ErrMalformed, flen, acopied, alen)
+		if flen >= FilenameMax || acopied > ArgsMax || acopied > alen || len(raw) < execFixed+int(flen)+int(acopied) {
+			return fmt.Errorf("%w: exec record of %d bytes, lengths filename %d args %d/%d", ErrMalformed, len(raw), flen, acopied, alen)
 		}
 		p = p[16:]
 		rec.Filename = append(rec.Filename, cstr(p[:flen])...)
-		rec.Args = append(rec.Args, p[FilenameMax:FilenameMax+acopied]...)
+		rec.Args = append(rec.Args, p[flen:flen+acopied]...)
 		rec.ArgsLen = alen
 		rec.FilenameTruncated = trunc&truncFilename != 0
 		rec.ArgsTruncated = trunc&truncArgs != 0
 		rec.Held = flags&execHeld != 0
 		return nil
 	case TypeFile:
-		if len(raw) < fileSize {
-			return fmt.Errorf("%w: file record of %d bytes, need %d", ErrMalformed, len(raw), fileSize)
+		if len(raw) < fileFixed {
+			return fmt.Errorf("%w: file record of %d bytes, need %d", ErrMalformed, len(raw), fileFixed)
 		}
 		op := FileOp(raw[1])
 		if op < OpOpen || op > OpRmdir {
@@ -233,12 +233,12 @@ func Decode(raw []byte, rec *Record) error {
 		rec.Dev = le.Uint32(p[16:])
 		plen, p2len := int(le.Uint16(p[20:])), int(le.Uint16(p[22:]))
 		rec.Ino = le.Uint64(p[24:])
-		if plen >= PathMax || p2len >= PathMax {
-			return fmt.Errorf("%w: path lengths %d, %d", ErrMalformed, plen, p2len)
+		if plen >= PathMax || p2len >= PathMax || len(raw) < fileFixed+plen+p2len {
+			return fmt.Errorf("%w: file record of %d bytes, path lengths %d, %d", ErrMalformed, len(raw), plen, p2len)
 		}
 		p = p[32:]
 		rec.Path = append(rec.Path, cstr(p[:plen])...)
-		rec.Path2 = append(rec.Path2, cstr(p[PathMax:PathMax+p2len])...)
+		rec.Path2 = append(rec.Path2, cstr(p[plen:plen+p2len])...)
 		rec.PathTruncated = trunc&truncPath != 0
 		rec.Path2Truncated = trunc&truncPath2 != 0
 		return nil

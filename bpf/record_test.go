@@ -19,7 +19,7 @@ func rawHdr(b []byte, typ Type, op FileOp, trunc uint16, tgid, ppid uint32) {
 }
 
 func rawExec(comm, filename, args string) []byte {
-	b := make([]byte, execSize)
+	b := make([]byte, execFixed+len(filename)+len(args))
 	rawHdr(b, TypeExec, 0, 0, 42, 1)
 	p := b[hdrSize:]
 	binary.LittleEndian.PutUint64(p, 7)
@@ -29,12 +29,12 @@ func rawExec(comm, filename, args string) []byte {
 	binary.LittleEndian.PutUint32(p[4:], uint32(len(args)))
 	binary.LittleEndian.PutUint32(p[8:], uint32(len(args)))
 	copy(p[16:], filename)
-	copy(p[16+FilenameMax:], args)
+	copy(p[16+len(filename):], args)
 	return b
 }
 
 func rawFile(op FileOp, path, path2 string) []byte {
-	b := make([]byte, fileSize)
+	b := make([]byte, fileFixed+len(path)+len(path2))
 	rawHdr(b, TypeFile, op, 0, 42, 0)
 	p := b[hdrSize:]
 	binary.LittleEndian.PutUint32(p, 0o101)
@@ -45,7 +45,7 @@ func rawFile(op FileOp, path, path2 string) []byte {
 	binary.LittleEndian.PutUint16(p[22:], uint16(len(path2)))
 	binary.LittleEndian.PutUint64(p[24:], 99)
 	copy(p[32:], path)
-	copy(p[32+PathMax:], path2)
+	copy(p[32+len(path):], path2)
 	return b
 }
 
@@ -94,9 +94,11 @@ func TestDecodeMalformed(t *testing.T) {
 	for name, raw := range map[string][]byte{
 		"empty":        nil,
 		"short header": make([]byte, hdrSize-1),
-		"short exec":   rawExec("x", "/x", "")[:execSize-1],
+		"short exec":   rawExec("x", "", "")[:execFixed-1],
+		"short argv":   rawExec("x", "/x", "x\x00")[:execFixed+3],
 		"short exit":   rawExit(0)[:exitSize-1],
-		"short file":   rawFile(OpOpen, "a", "")[:fileSize-1],
+		"short file":   rawFile(OpOpen, "", "")[:fileFixed-1],
+		"short path2":  rawFile(OpRename, "a", "bb")[:fileFixed+2],
 		"filename len": badLen,
 		"path len":     badPath,
 		"file op":      badOp,

@@ -20,7 +20,7 @@ import (
 
 // DefaultRingBufferSize is the size of the events ring buffer when
 // Options.RingBufferSize is 0.
-const DefaultRingBufferSize = 8 << 20
+const DefaultRingBufferSize = 2 << 20
 
 // ErrClosed is returned (wrapped) by Read after Close. It is os.ErrClosed.
 var ErrClosed = os.ErrClosed

@@ -138,6 +138,7 @@ func (s *Source) OpenFiles(pid int) ([]string, error) { return s.proc.OpenFiles(
 // under it or fails.
 func (s *Source) Run(ctx context.Context, events chan<- Event) error {
 	defer close(events)
+	defer s.pw.close()
 	stop := context.AfterFunc(ctx, func() { s.t.Wake() })
 	defer stop()
 
@@ -242,6 +243,7 @@ func (s *Source) convert(r *bpf.Record) (Event, bool) {
 		ev.Type = EventReap
 		ev.PPID = 0
 		delete(s.known, ev.PID)
+		s.pw.unwatch(ev.PID)
 	case bpf.TypeFile:
 		ev.Type = EventFile
 		ev.PPID = 0

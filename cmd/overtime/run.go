@@ -40,7 +40,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.mode, "mode", "", "enforce or monitor (overrides the file)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: json or text")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.IntVar(&f.ringBuffer, "ring-buffer-size", 8<<20, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
+	fs.IntVar(&f.ringBuffer, "ring-buffer-size", bpf.DefaultRingBufferSize, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
 	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
 	if err := fs.Parse(args); err != nil {
