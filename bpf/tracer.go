@@ -47,13 +47,14 @@ type Tracer struct {
 
 	// The file syscall programs, attached only while they are needed (see
 	// EnableFiles). fmu guards them and the config map.
-	fmu                   sync.Mutex
-	fileEnter, fileExit   []fileHook
-	enterLinks, exitLinks []link.Link
-	filesOn, passAll      bool
-	// detached is closed when the last DisableFiles has closed its links
-	// (in the background: about a second); detachErr is what that failed.
-	detached  chan struct{}
+	fmu              sync.Mutex
+	sets             [2]*fileSet
+	on               *fileSet // the attached set, nil when none
+	filesOn, passAll bool
+	spare            *ebpf.Collection // the second set's programs
+	// detaching runs the background closes of DisableFiles (about a
+	// second each); detachErr is what they failed, guarded by fmu.
+	detaching sync.WaitGroup
 	detachErr error
 
 	// pending holds records read by Calibrate that were not its own; Read
@@ -144,6 +145,15 @@ func Load(opts Options) (*Tracer, error) {
 	return t, nil
 }
 
+// fileSet is one copy of the file syscall programs. There are two: a
+// tracepoint takes a program once, and closing a set's links takes about a
+// second in the background, so attaching again meanwhile uses the other.
+type fileSet struct {
+	enter, exit           []fileHook
+	enterLinks, exitLinks []link.Link
+	closing               chan struct{} // closed when its links are closed; nil when idle
+}
+
 // fileHook is a file syscall program and its tracepoint.
 type fileHook struct {
 	name string // the C name
@@ -152,9 +162,31 @@ type fileHook struct {
 }
 
 // attach attaches the process programs where their sections say, and sets
-// the file syscall programs aside for EnableFiles.
+// the file syscall programs aside for EnableFiles, with a second copy.
 func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 	progs := t.programs()
+	t.sets[0] = &fileSet{}
+	spare := spec.Copy()
+	for name, ps := range spare.Programs {
+		if !strings.HasPrefix(ps.SectionName, "tracepoint/syscalls/") {
+			delete(spare.Programs, name)
+		}
+	}
+	maps := map[string]*ebpf.Map{
+		overtimeMapCommFilter: t.objs.CommFilter, overtimeMapConfig: t.objs.Config,
+		overtimeMapEvents: t.objs.Events, overtimeMapFileStash: t.objs.FileStash,
+		overtimeMapLost: t.objs.Lost, overtimeMapScratch: t.objs.Scratch,
+		overtimeMapTracked: t.objs.Tracked,
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spare, ebpf.CollectionOptions{MapReplacements: maps})
+	if err != nil {
+		return fmt.Errorf("load the second set of file programs: %w", err)
+	}
+	t.spare = coll
+	t.sets[1] = &fileSet{}
+	for name, prog := range coll.Programs {
+		t.sets[1].add(name, strings.TrimPrefix(spare.Programs[name].SectionName, "tracepoint/syscalls/"), prog)
+	}
 	for name, ps := range spec.Programs {
 		prog := progs[name]
 		if prog == nil {
@@ -168,12 +200,7 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 				return fmt.Errorf("attach %s: bad section %q", name, sec)
 			}
 			if group == "syscalls" {
-				h := fileHook{name: name, tp: tp, prog: prog}
-				if strings.HasPrefix(tp, "sys_enter_") {
-					t.fileEnter = append(t.fileEnter, h)
-				} else {
-					t.fileExit = append(t.fileExit, h)
-				}
+				t.sets[0].add(name, tp, prog)
 				continue
 			}
 			l, err := link.Tracepoint(group, tp, prog, nil)
@@ -193,6 +220,15 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 		}
 	}
 	return nil
+}
+
+func (fs *fileSet) add(name, tp string, prog *ebpf.Program) {
+	h := fileHook{name: name, tp: tp, prog: prog}
+	if strings.HasPrefix(tp, "sys_enter_") {
+		fs.enter = append(fs.enter, h)
+	} else {
+		fs.exit = append(fs.exit, h)
+	}
 }
 
 // programs maps the C name of each loaded program to it.
@@ -343,22 +379,42 @@ func (t *Tracer) EnableFiles() error {
 	if t.filesOn {
 		return nil
 	}
-	t.waitDetached()
+	// The set an earlier DisableFiles is still detaching cannot be
+	// attached again before it is done (about a second); the other can at
+	// once, so a process held at exec waits milliseconds. Both busy: wait
+	// for the one that started first.
+	fs := t.sets[0]
+	if fs.closing != nil {
+		fs = t.sets[1]
+	}
+	for fs.closing != nil {
+		done := fs.closing
+		t.fmu.Unlock()
+		<-done
+		t.fmu.Lock()
+		if t.filesOn {
+			return nil
+		}
+	}
 	// Exits first: a call whose enter ran before it was attached finds no
-	// stashed arguments at its exit and is not reported.
-	exits, err := attachSyscalls(t.fileExit)
+	// stashed arguments at its exit and is not reported. The other set's
+	// programs may still run for a moment: an enter stashes the same
+	// arguments twice, the first exit takes them and the second finds none.
+	exits, err := attachSyscalls(fs.exit)
 	if err != nil {
 		return err
 	}
-	enters, err := attachSyscalls(t.fileEnter)
+	enters, err := attachSyscalls(fs.enter)
 	if err != nil {
 		closeLinks(exits)
 		return err
 	}
-	t.enterLinks, t.exitLinks, t.filesOn = enters, exits, true
+	fs.enterLinks, fs.exitLinks = enters, exits
+	t.on, t.filesOn = fs, true
 	if err := t.writeConfig(); err != nil {
-		t.detachFiles()
-		return err
+		t.on, t.filesOn = nil, false
+		fs.enterLinks, fs.exitLinks = nil, nil
+		return errors.Join(err, closeLinks(enters), closeLinks(exits), t.writeConfig())
 	}
 	return nil
 }
@@ -389,34 +445,28 @@ func (t *Tracer) DisableFiles() (bool, error) {
 		return false, errors.Join(err, t.writeConfig())
 	}
 	// Closing a tracepoint link waits for RCU grace periods, one link
-	// after another: the links are closed in the background, and the next
-	// EnableFiles waits for that.
-	enters, exits := t.enterLinks, t.exitLinks
-	t.enterLinks, t.exitLinks = nil, nil
+	// after another: about a second for a set, so it is done in the
+	// background.
+	fs := t.on
+	t.on = nil
+	enters, exits := fs.enterLinks, fs.exitLinks
+	fs.enterLinks, fs.exitLinks = nil, nil
 	done := make(chan struct{})
-	t.detached = done
-	go func() {
-		defer close(done)
-		t.detachErr = errors.Join(t.detachErr, closeLinks(enters), closeLinks(exits), t.clearStash())
-	}()
+	fs.closing = done
+	t.detaching.Go(func() {
+		err := errors.Join(closeLinks(enters), closeLinks(exits))
+		t.fmu.Lock()
+		defer t.fmu.Unlock()
+		fs.closing = nil
+		close(done)
+		// Arguments stashed by calls in flight at the detach are dropped,
+		// unless the other set was attached meanwhile (its exits take them).
+		if !t.filesOn {
+			err = errors.Join(err, t.clearStash())
+		}
+		t.detachErr = errors.Join(t.detachErr, err)
+	})
 	return true, nil
-}
-
-// waitDetached waits for a background detach to finish; fmu held.
-func (t *Tracer) waitDetached() {
-	if t.detached != nil {
-		<-t.detached
-		t.detached = nil
-	}
-}
-
-// detachFiles closes the file program links, enters before exits, and
-// clears the arguments stashed by calls in flight; fmu held.
-func (t *Tracer) detachFiles() error {
-	errs := []error{closeLinks(t.enterLinks), closeLinks(t.exitLinks)}
-	t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
-	errs = append(errs, t.clearStash(), t.writeConfig())
-	return errors.Join(errs...)
 }
 
 // clearStash deletes the arguments stashed by enter programs whose calls
@@ -580,13 +630,20 @@ func (t *Tracer) Close() error {
 		if t.rd != nil {
 			errs = append(errs, t.rd.Close())
 		}
+		t.detaching.Wait()
 		t.fmu.Lock()
-		t.waitDetached()
-		links := append(append(t.links, t.enterLinks...), t.exitLinks...)
-		t.enterLinks, t.exitLinks, t.filesOn = nil, nil, false
+		links := t.links
+		if t.on != nil {
+			links = append(append(links, t.on.enterLinks...), t.on.exitLinks...)
+		}
+		t.on, t.filesOn = nil, false
 		errs = append(errs, t.detachErr)
 		t.fmu.Unlock()
-		errs = append(errs, closeLinks(links), t.objs.Close())
+		errs = append(errs, closeLinks(links))
+		if t.spare != nil {
+			t.spare.Close()
+		}
+		errs = append(errs, t.objs.Close())
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr

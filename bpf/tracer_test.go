@@ -838,6 +838,7 @@ func TestFilesOnDemand(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.tr.Untrack(cmd.Process.Pid)
+	h.tr.detaching.Wait() // the links close in the background
 	self := os.Getpid()
 	if err := h.tr.Track(self); err != nil {
 		t.Fatal(err)
@@ -875,9 +876,7 @@ func BenchmarkFilesAttach(b *testing.B) {
 			b.Fatalf("DisableFiles = %v, %v", off, err)
 		}
 		t2 := time.Now()
-		tr.fmu.Lock()
-		tr.waitDetached()
-		tr.fmu.Unlock()
+		tr.detaching.Wait()
 		attach += t1.Sub(t0)
 		disable += t2.Sub(t1)
 		detached += time.Since(t1)
@@ -886,4 +885,38 @@ func BenchmarkFilesAttach(b *testing.B) {
 	b.ReportMetric(float64(attach.Microseconds())/n, "µs-attach/op")
 	b.ReportMetric(float64(disable.Microseconds())/n, "µs-disable-call/op")
 	b.ReportMetric(float64(detached.Microseconds())/n, "µs-detached/op")
+}
+
+// Attaching again while the last detach is still closing its links uses the
+// second set of programs: at once, and every file change is reported
+// exactly once while both sets' programs run.
+func TestFilesReattachWhileDetaching(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	for round := range 3 {
+		if off, err := h.tr.DisableFiles(); !off || err != nil {
+			t.Fatalf("round %d: DisableFiles = %v, %v", round, off, err)
+		}
+		began := time.Now()
+		if err := h.tr.EnableFiles(); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		t.Logf("round %d: attached again in %v", round, time.Since(began))
+		self := os.Getpid()
+		if err := h.tr.Track(self); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, fmt.Sprintf("f%d", round))
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.tr.Untrack(self); err != nil {
+			t.Fatal(err)
+		}
+		h.wait(t, "the file's record", func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == path })
+		h.drain(200 * time.Millisecond)
+		if n := h.count(func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == path }); n != 1 {
+			t.Fatalf("round %d: %d records of one create", round, n)
+		}
+	}
 }
