@@ -74,6 +74,11 @@ type Agent struct {
 	filesOn, filesArmed, filesPinned, filterAll bool
 	filesIdle                                   time.Duration
 
+	// Tree cgroups are removed off the loop (see release).
+	releaseOnce sync.Once
+	releases    chan *tree
+	releasing   sync.WaitGroup
+
 	ready   atomic.Bool
 	pings   chan chan struct{}
 	reloads chan *Config
@@ -424,19 +429,38 @@ func (a *Agent) join(t *tree, p collector.Process) *proc {
 	return m
 }
 
-// release removes a dead tree's cgroup. The kernel reports an exit a moment
-// before it takes the task out of its cgroup, so the cgroup may still be
-// busy: then it is tried again from a timer, never by sleeping in the loop.
-func (a *Agent) release(t *tree, now time.Duration, try int) {
+// release removes a dead tree's cgroup, off the event loop: an rmdir
+// waits for the kernel's cgroup lock, milliseconds while many processes
+// exit at once, and the next deadline must not wait behind it. The kernel
+// reports an exit a moment before it takes the task out of its cgroup, so
+// the cgroup may still be busy: then it is tried again, 1 ms later,
+// doubling, about 4 s in all.
+func (a *Agent) release(t *tree) {
+	a.releaseOnce.Do(func() {
+		a.releases = make(chan *tree, 4096)
+		go func() {
+			for t := range a.releases {
+				a.releaseTry(t, 0)
+			}
+		}()
+	})
+	a.releasing.Add(1)
+	a.releases <- t
+}
+
+// releaseTry makes one attempt and, when the cgroup is busy, schedules the
+// next; it marks the release done when it ends either way.
+func (a *Agent) releaseTry(t *tree, try int) {
 	err := a.enf.Release(t.name)
-	if err == nil {
+	switch {
+	case err == nil:
+	case isBusy(err) && try < releaseTries:
+		time.AfterFunc(releaseDelay<<try, func() { a.releaseTry(t, try+1) })
 		return
+	default:
+		a.log.Error("remove tree cgroup", "rule", t.rule.Name, "cgroup", t.name, "err", err)
 	}
-	if isBusy(err) && try < releaseTries {
-		a.timers.add(timer{at: now + releaseDelay<<try, kind: timerRelease, tree: t, pid: try + 1})
-		return
-	}
-	a.log.Error("remove tree cgroup", "rule", t.rule.Name, "cgroup", t.name, "err", err)
+	a.releasing.Done()
 }
 
 // Retries of a busy tree cgroup: 1 ms, doubling, about 4 s in all.
@@ -617,7 +641,7 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 	if cleanupApplies(t.rule.Cleanup.When, outcome) {
 		a.cleanup(t)
 	}
-	a.release(t, at, 0)
+	a.release(t)
 	if len(t.members) == 0 {
 		a.dropTree(t)
 	}
@@ -656,8 +680,6 @@ func (a *Agent) tick(now time.Duration) {
 			if !t.ended && a.trees[t.name] == t {
 				a.confirm(t, now)
 			}
-		case timerRelease:
-			a.release(t, now, tm.pid)
 		case timerFiles:
 			a.filesTimer(now)
 		case timerGone:

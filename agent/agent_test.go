@@ -468,19 +468,18 @@ func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
 	}
 }
 
-func TestBusyTreeCgroupReleasedFromATimer(t *testing.T) {
+// A tree cgroup still busy with exiting tasks is removed by retries off
+// the loop, while the loop goes on.
+func TestBusyTreeCgroupReleasedOffTheLoop(t *testing.T) {
 	h := newHarness(t, resticRule)
 	h.start()
 	h.at(0)
+	h.enf.mu.Lock()
 	h.enf.busy = 2
+	h.enf.mu.Unlock()
 	h.exec(100, 1, 0, "restic", "backup")
-	h.exit(100, 0, 0)
+	h.exit(100, 0, 0) // waits for the removal, retries included
 	name := treeName("restic", 100, 0)
-	if n := h.enf.count("release " + name); n != 1 {
-		t.Fatalf("released %d times at exit, want 1 try", n)
-	}
-	h.at(releaseDelay)
-	h.at(releaseDelay + 2*releaseDelay)
 	if n := h.enf.count("release " + name); n != 3 {
 		t.Fatalf("release tries = %d, want 3 (two busy, then done)", n)
 	}
@@ -494,14 +493,19 @@ func TestStopReleasesCgroupsWaitingForARetry(t *testing.T) {
 	h := newHarness(t, resticRule)
 	h.start()
 	h.at(0)
+	h.enf.mu.Lock()
 	h.enf.busy = 1
+	h.enf.mu.Unlock()
 	h.exec(100, 1, 0, "restic", "backup")
-	h.exit(100, 0, 0)
-	h.reap(100, 0) // the tree is gone from the table; its cgroup waits on a timer
+	// The exit starts the removal; the stop comes while its retry waits.
+	h.a.mu.Lock()
+	h.a.handle(collector.Event{Type: collector.EventExit, PID: 100})
+	h.a.handle(collector.Event{Type: collector.EventReap, PID: 100})
+	h.a.mu.Unlock()
 	name := treeName("restic", 100, 0)
 	h.a.shutdown()
 	if n := h.enf.count("release " + name); n != 2 {
-		t.Fatalf("release tries = %d, want the busy one and one at stop", n)
+		t.Fatalf("release tries = %d, want the busy one and the retry, before the stop ends", n)
 	}
 }
 

@@ -325,12 +325,16 @@ func (h *harness) at(d time.Duration) {
 	h.a.mu.Lock()
 	h.a.tick(d)
 	h.a.mu.Unlock()
+	h.a.releasing.Wait()
 }
 
+// send applies one event, then waits for the tree cgroup removals it
+// started (they run off the loop).
 func (h *harness) send(ev collector.Event) {
 	h.a.mu.Lock()
 	h.a.handle(ev)
 	h.a.mu.Unlock()
+	h.a.releasing.Wait()
 }
 
 func (h *harness) exec(pid, ppid int, at time.Duration, comm string, args ...string) {

@@ -128,17 +128,10 @@ func (a *Agent) apply(cfg *Config) {
 func (a *Agent) shutdown() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	// Trees still tracked, and ended ones whose cgroup removal is waiting
-	// on a retry timer.
-	trees := make(map[string]*tree, len(a.trees))
-	for name, t := range a.trees {
-		trees[name] = t
-	}
-	for _, tm := range a.timers {
-		if tm.kind == timerRelease {
-			trees[tm.tree.name] = tm.tree
-		}
-	}
+	// Removals of ended trees' cgroups still running or waiting for a
+	// retry finish first.
+	a.releasing.Wait()
+	trees := a.trees
 	for name, t := range trees {
 		// Stopping may wait: a cgroup whose last tasks are still exiting
 		// is retried for a moment.

@@ -14,7 +14,6 @@ const (
 	timerConfirm                   // check that a killed tree is gone
 	timerZombie                    // an exited member still unreaped?
 	timerGone                      // a member gone at confinement: did its exit come?
-	timerRelease                   // retry removing a busy tree cgroup (pid: the try)
 	timerFiles                     // nothing tracked for a while: detach the file tracepoints
 )
 

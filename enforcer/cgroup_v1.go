@@ -58,21 +58,7 @@ func (h v1) add(group string, pid int) error {
 	return cg.AddProc(uint64(pid), cgroup1.Freezer)
 }
 
-func (h v1) procs(group string) ([]int, error) {
-	cg, err := h.load(group)
-	if err != nil {
-		return nil, err
-	}
-	ps, err := cg.Processes(cgroup1.Freezer, false)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]int, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, p.Pid)
-	}
-	return out, nil
-}
+func (h v1) procs(group string) ([]int, error) { return readProcs(h.dir(group)) }
 
 // kill freezes the group so nothing inside can fork or exit, sends SIGKILL
 // to every member through sigkill (pidfd, checked membership), then thaws

@@ -50,21 +50,7 @@ func (h v2) add(group string, pid int) error {
 	return m.AddProc(uint64(pid))
 }
 
-func (h v2) procs(group string) ([]int, error) {
-	m, err := h.load(group)
-	if err != nil {
-		return nil, err
-	}
-	ps, err := m.Procs(false)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]int, len(ps))
-	for i, p := range ps {
-		out[i] = int(p)
-	}
-	return out, nil
-}
+func (h v2) procs(group string) ([]int, error) { return readProcs(h.dir(group)) }
 
 // kill writes cgroup.kill through the library. New refused kernels without
 // cgroup.kill, and the existence check keeps the library off its fallback

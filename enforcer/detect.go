@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
@@ -34,6 +35,25 @@ type hierarchy interface {
 	kill(group string, sigkill func(pid int) error) error
 	remove(group string) error
 	mountpoint() string
+}
+
+// readProcs lists the PIDs in dir/cgroup.procs (v1 and v2 alike). One read:
+// the library's Procs walks the directory and stats every file in it, a
+// cost paid for every tree released.
+func readProcs(dir string) ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s/cgroup.procs: %q: %w", dir, f, err)
+		}
+		out = append(out, pid)
+	}
+	return out, nil
 }
 
 // detect picks the hierarchy for opts. It returns the host mode and whether
