@@ -62,9 +62,43 @@ struct inode {
 	struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 
+/* The qstr's len is in an anonymous struct of an anonymous union: CO-RE
+ * finds it by name. */
+struct qstr {
+	__u32 len;
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+} __attribute__((preserve_access_index));
+
+struct vfsmount {
+	struct dentry *mnt_root;
+} __attribute__((preserve_access_index));
+
+/* fs/mount.h: struct vfsmount is embedded in it (real_mount). */
+struct mount {
+	struct mount *mnt_parent;
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct fs_struct {
+	struct path root;
+	struct path pwd;
+} __attribute__((preserve_access_index));
+
 struct file {
 	unsigned int f_mode;
 	struct inode *f_inode;
+	struct path f_path;
 } __attribute__((preserve_access_index));
 
 struct fdtable {
@@ -86,6 +120,7 @@ struct task_struct {
 	struct signal_struct *signal;
 	struct mm_struct *mm;
 	struct files_struct *files;
+	struct fs_struct *fs;
 } __attribute__((preserve_access_index));
 
 /* include/linux/sched/signal.h; unchanged since 2.6. */
@@ -119,6 +154,11 @@ struct sys_exit_ctx {
 #define FILENAME_MAX_LEN 256
 #define ARGS_MAX_LEN 1024
 #define PATH_MAX_LEN 512
+/* The directory a relative path is resolved from, as its names leaf first,
+ * each NUL-terminated: at most DIR_MAX_LEN bytes and DIR_MAX_DEPTH names. */
+#define DIR_MAX_LEN 512
+#define DIR_MAX_DEPTH 32
+#define NAME_MAX_LEN 256
 
 enum event_type {
 	EV_EXEC = 1,
@@ -185,10 +225,20 @@ struct file_event {
 	__u16 path_len;  /* bytes copied, NUL excluded */
 	__u16 path2_len;
 	__u64 ino;
-	/* path_len bytes of path, then path2_len bytes of path2: the record
-	 * ends there. */
-	char data[2 * PATH_MAX_LEN];
+	__u16 dir_len;  /* bytes of dir */
+	__u16 dir2_len;
+	__u16 dirs;     /* DIR_SET, DIR2_SET: the directory of path, path2 was read */
+	__u16 pad;
+	/* path_len bytes of path, path2_len of path2, dir_len of dir (the
+	 * directory a relative path is relative to), dir2_len of dir2: the
+	 * record ends there. The slack after each part lets the verifier see
+	 * every write in bounds. */
+	char data[2 * PATH_MAX_LEN + 2 * DIR_MAX_LEN + NAME_MAX_LEN];
 };
+
+/* file_event dirs bits */
+#define DIR_SET 1
+#define DIR2_SET 2
 
 /* ---- maps ---- */
 

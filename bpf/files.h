@@ -47,19 +47,92 @@ static __always_inline int stash(__u32 op, __s32 dirfd, __u64 path, __s32 dirfd2
 	return 0;
 }
 
-static __always_inline void read_open_file(struct file_event *e, long fd)
+/* fd_file returns the struct file open as fd in the current task, or 0. */
+static __always_inline struct file *fd_file(long fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	if (!fdt || fd < 0 || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
-		return;
+		return 0;
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *f = 0;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]))
+		return 0;
+	return f;
+}
+
+static __always_inline void read_open_file(struct file_event *e, long fd)
+{
+	struct file *f = fd_file(fd);
+	if (!f)
 		return;
 	e->f_mode = BPF_CORE_READ(f, f_mode);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+}
+
+/* dir_names writes the directory (vfsmnt, dentry) as the current task sees
+ * it, up to its root, into buf: its names leaf first, each NUL-terminated
+ * ("c\0b\0a\0" for /a/b/c, nothing for /). It returns the bytes written,
+ * or -1 past DIR_MAX_DEPTH names or DIR_MAX_LEN bytes: user space then
+ * resolves the path itself. buf has room for DIR_MAX_LEN + NAME_MAX_LEN. */
+static __always_inline long dir_names(char *buf, struct vfsmount *vfsmnt, struct dentry *dentry)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
+	struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
+	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
+	struct mount *mnt = (void *)vfsmnt - mnt_off;
+	__u32 off = 0;
+
+	for (int i = 0; i < DIR_MAX_DEPTH; i++) {
+		if (dentry == root && vfsmnt == root_mnt)
+			return off;
+		if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
+			/* The root of a mount: go on from where it is mounted. */
+			struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+			if (parent == mnt)
+				return off; /* the top of the mount namespace */
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = parent;
+			vfsmnt = (void *)parent + mnt_off;
+			continue;
+		}
+		struct dentry *up = BPF_CORE_READ(dentry, d_parent);
+		if (up == dentry)
+			return off;
+		if (off > DIR_MAX_LEN - 1)
+			return -1;
+		long n = bpf_probe_read_kernel_str(buf + off, NAME_MAX_LEN,
+						   BPF_CORE_READ(dentry, d_name.name));
+		if (n <= 0)
+			return -1;
+		off += n;
+		dentry = up;
+	}
+	return -1;
+}
+
+/* resolve_dir writes the names of the directory a path relative to dirfd
+ * starts from (the cwd for AT_FDCWD); see dir_names. */
+static __always_inline long resolve_dir(char *buf, __s32 dirfd)
+{
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+	if (dirfd == AT_FDCWD) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		mnt = BPF_CORE_READ(task, fs, pwd.mnt);
+		dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+	} else {
+		struct file *f = fd_file(dirfd);
+		if (!f)
+			return -1;
+		mnt = BPF_CORE_READ(f, f_path.mnt);
+		dentry = BPF_CORE_READ(f, f_path.dentry);
+	}
+	if (!mnt || !dentry)
+		return -1;
+	return dir_names(buf, mnt, dentry);
 }
 
 static __always_inline int file_exit(struct sys_exit_ctx *ctx)
@@ -111,15 +184,45 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	e->path2_len = p2len;
 	if (s.op == OP_OPEN)
 		read_open_file(e, ret);
-	output(e, __builtin_offsetof(struct file_event, data) + plen + p2len);
+
+	/* The directories relative paths start from, read now: user space
+	 * reads the record later, when the process may have moved or gone. */
+	__u32 end = plen + p2len;
+	long d;
+	e->dir_len = 0;
+	e->dir2_len = 0;
+	e->dirs = 0;
+	e->pad = 0;
+	if (plen > 0 && e->data[0] != '/') {
+		d = resolve_dir(e->data + end, s.dirfd);
+		if (d >= 0 && d <= DIR_MAX_LEN) {
+			e->dir_len = d;
+			e->dirs |= DIR_SET;
+			end += d;
+		}
+	}
+	/* path2 of a symlink is its target, not a path. */
+	if (p2len > 0 && s.op != OP_SYMLINK && e->data[plen] != '/') {
+		d = resolve_dir(e->data + end, s.dirfd2);
+		if (d >= 0 && d <= DIR_MAX_LEN) {
+			e->dir2_len = d;
+			e->dirs |= DIR2_SET;
+			end += d;
+		}
+	}
+	output(e, __builtin_offsetof(struct file_event, data) + end);
 	return 0;
 }
 
 #define ARG(i) (ctx->args[i])
 
-#define EXIT_PROG(name)                                                  \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                      \
-	int tp_exit_##name(struct sys_exit_ctx *ctx) { return file_exit(ctx); }
+/* One program for the exit of every syscall below: user space attaches it
+ * to sys_exit_X for each sys_enter_X program. */
+SEC("tracepoint/syscalls/sys_exit")
+int tp_exit_file(struct sys_exit_ctx *ctx)
+{
+	return file_exit(ctx);
+}
 
 SEC("tracepoint/syscalls/sys_enter_openat")
 int tp_enter_openat(struct sys_enter_ctx *ctx)
@@ -129,7 +232,6 @@ int tp_enter_openat(struct sys_enter_ctx *ctx)
 		return 0;
 	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, flags);
 }
-EXIT_PROG(openat)
 
 SEC("tracepoint/syscalls/sys_enter_openat2")
 int tp_enter_openat2(struct sys_enter_ctx *ctx)
@@ -141,7 +243,6 @@ int tp_enter_openat2(struct sys_enter_ctx *ctx)
 		return 0;
 	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, (__u32)flags);
 }
-EXIT_PROG(openat2)
 
 SEC("tracepoint/syscalls/sys_enter_open")
 int tp_enter_open(struct sys_enter_ctx *ctx)
@@ -151,28 +252,24 @@ int tp_enter_open(struct sys_enter_ctx *ctx)
 		return 0;
 	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, flags);
 }
-EXIT_PROG(open)
 
 SEC("tracepoint/syscalls/sys_enter_creat")
 int tp_enter_creat(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, O_CREAT | O_WRONLY | O_TRUNC);
 }
-EXIT_PROG(creat)
 
 SEC("tracepoint/syscalls/sys_enter_mkdirat")
 int tp_enter_mkdirat(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_MKDIR, ARG(0), ARG(1), AT_FDCWD, 0, 0);
 }
-EXIT_PROG(mkdirat)
 
 SEC("tracepoint/syscalls/sys_enter_mkdir")
 int tp_enter_mkdir(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_MKDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
 }
-EXIT_PROG(mkdir)
 
 SEC("tracepoint/syscalls/sys_enter_symlinkat")
 int tp_enter_symlinkat(struct sys_enter_ctx *ctx)
@@ -180,67 +277,57 @@ int tp_enter_symlinkat(struct sys_enter_ctx *ctx)
 	/* symlinkat(target, newdfd, linkpath) */
 	return stash(OP_SYMLINK, ARG(1), ARG(2), AT_FDCWD, ARG(0), 0);
 }
-EXIT_PROG(symlinkat)
 
 SEC("tracepoint/syscalls/sys_enter_symlink")
 int tp_enter_symlink(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_SYMLINK, AT_FDCWD, ARG(1), AT_FDCWD, ARG(0), 0);
 }
-EXIT_PROG(symlink)
 
 SEC("tracepoint/syscalls/sys_enter_linkat")
 int tp_enter_linkat(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_LINK, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
 }
-EXIT_PROG(linkat)
 
 SEC("tracepoint/syscalls/sys_enter_link")
 int tp_enter_link(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_LINK, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
 }
-EXIT_PROG(link)
 
 SEC("tracepoint/syscalls/sys_enter_renameat2")
 int tp_enter_renameat2(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
 }
-EXIT_PROG(renameat2)
 
 SEC("tracepoint/syscalls/sys_enter_renameat")
 int tp_enter_renameat(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), 0);
 }
-EXIT_PROG(renameat)
 
 SEC("tracepoint/syscalls/sys_enter_rename")
 int tp_enter_rename(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_RENAME, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
 }
-EXIT_PROG(rename)
 
 SEC("tracepoint/syscalls/sys_enter_unlinkat")
 int tp_enter_unlinkat(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_UNLINK, ARG(0), ARG(1), AT_FDCWD, 0, ARG(2));
 }
-EXIT_PROG(unlinkat)
 
 SEC("tracepoint/syscalls/sys_enter_unlink")
 int tp_enter_unlink(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_UNLINK, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
 }
-EXIT_PROG(unlink)
 
 SEC("tracepoint/syscalls/sys_enter_rmdir")
 int tp_enter_rmdir(struct sys_enter_ctx *ctx)
 {
 	return stash(OP_RMDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
 }
-EXIT_PROG(rmdir)

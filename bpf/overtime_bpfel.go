@@ -52,6 +52,7 @@ type overtimeScratch struct {
 		Flags       uint32
 		Data        [1280]int8
 	}
+	_ [1024]byte
 }
 
 type overtimeTrackedVal struct {
@@ -90,22 +91,7 @@ const (
 	overtimeProgTpEnterUnlinkat  = "tp_enter_unlinkat"
 	overtimeProgTpExec           = "tp_exec"
 	overtimeProgTpExit           = "tp_exit"
-	overtimeProgTpExitCreat      = "tp_exit_creat"
-	overtimeProgTpExitLink       = "tp_exit_link"
-	overtimeProgTpExitLinkat     = "tp_exit_linkat"
-	overtimeProgTpExitMkdir      = "tp_exit_mkdir"
-	overtimeProgTpExitMkdirat    = "tp_exit_mkdirat"
-	overtimeProgTpExitOpen       = "tp_exit_open"
-	overtimeProgTpExitOpenat     = "tp_exit_openat"
-	overtimeProgTpExitOpenat2    = "tp_exit_openat2"
-	overtimeProgTpExitRename     = "tp_exit_rename"
-	overtimeProgTpExitRenameat   = "tp_exit_renameat"
-	overtimeProgTpExitRenameat2  = "tp_exit_renameat2"
-	overtimeProgTpExitRmdir      = "tp_exit_rmdir"
-	overtimeProgTpExitSymlink    = "tp_exit_symlink"
-	overtimeProgTpExitSymlinkat  = "tp_exit_symlinkat"
-	overtimeProgTpExitUnlink     = "tp_exit_unlink"
-	overtimeProgTpExitUnlinkat   = "tp_exit_unlinkat"
+	overtimeProgTpExitFile       = "tp_exit_file"
 )
 
 // loadOvertime returns the embedded CollectionSpec for overtime.
@@ -170,22 +156,7 @@ type overtimeProgramSpecs struct {
 	TpEnterUnlinkat  *ebpf.ProgramSpec `ebpf:"tp_enter_unlinkat"`
 	TpExec           *ebpf.ProgramSpec `ebpf:"tp_exec"`
 	TpExit           *ebpf.ProgramSpec `ebpf:"tp_exit"`
-	TpExitCreat      *ebpf.ProgramSpec `ebpf:"tp_exit_creat"`
-	TpExitLink       *ebpf.ProgramSpec `ebpf:"tp_exit_link"`
-	TpExitLinkat     *ebpf.ProgramSpec `ebpf:"tp_exit_linkat"`
-	TpExitMkdir      *ebpf.ProgramSpec `ebpf:"tp_exit_mkdir"`
-	TpExitMkdirat    *ebpf.ProgramSpec `ebpf:"tp_exit_mkdirat"`
-	TpExitOpen       *ebpf.ProgramSpec `ebpf:"tp_exit_open"`
-	TpExitOpenat     *ebpf.ProgramSpec `ebpf:"tp_exit_openat"`
-	TpExitOpenat2    *ebpf.ProgramSpec `ebpf:"tp_exit_openat2"`
-	TpExitRename     *ebpf.ProgramSpec `ebpf:"tp_exit_rename"`
-	TpExitRenameat   *ebpf.ProgramSpec `ebpf:"tp_exit_renameat"`
-	TpExitRenameat2  *ebpf.ProgramSpec `ebpf:"tp_exit_renameat2"`
-	TpExitRmdir      *ebpf.ProgramSpec `ebpf:"tp_exit_rmdir"`
-	TpExitSymlink    *ebpf.ProgramSpec `ebpf:"tp_exit_symlink"`
-	TpExitSymlinkat  *ebpf.ProgramSpec `ebpf:"tp_exit_symlinkat"`
-	TpExitUnlink     *ebpf.ProgramSpec `ebpf:"tp_exit_unlink"`
-	TpExitUnlinkat   *ebpf.ProgramSpec `ebpf:"tp_exit_unlinkat"`
+	TpExitFile       *ebpf.ProgramSpec `ebpf:"tp_exit_file"`
 }
 
 // overtimeMapSpecs contains maps before they are loaded into the kernel.
@@ -278,22 +249,7 @@ type overtimePrograms struct {
 	TpEnterUnlinkat  *ebpf.Program `ebpf:"tp_enter_unlinkat"`
 	TpExec           *ebpf.Program `ebpf:"tp_exec"`
 	TpExit           *ebpf.Program `ebpf:"tp_exit"`
-	TpExitCreat      *ebpf.Program `ebpf:"tp_exit_creat"`
-	TpExitLink       *ebpf.Program `ebpf:"tp_exit_link"`
-	TpExitLinkat     *ebpf.Program `ebpf:"tp_exit_linkat"`
-	TpExitMkdir      *ebpf.Program `ebpf:"tp_exit_mkdir"`
-	TpExitMkdirat    *ebpf.Program `ebpf:"tp_exit_mkdirat"`
-	TpExitOpen       *ebpf.Program `ebpf:"tp_exit_open"`
-	TpExitOpenat     *ebpf.Program `ebpf:"tp_exit_openat"`
-	TpExitOpenat2    *ebpf.Program `ebpf:"tp_exit_openat2"`
-	TpExitRename     *ebpf.Program `ebpf:"tp_exit_rename"`
-	TpExitRenameat   *ebpf.Program `ebpf:"tp_exit_renameat"`
-	TpExitRenameat2  *ebpf.Program `ebpf:"tp_exit_renameat2"`
-	TpExitRmdir      *ebpf.Program `ebpf:"tp_exit_rmdir"`
-	TpExitSymlink    *ebpf.Program `ebpf:"tp_exit_symlink"`
-	TpExitSymlinkat  *ebpf.Program `ebpf:"tp_exit_symlinkat"`
-	TpExitUnlink     *ebpf.Program `ebpf:"tp_exit_unlink"`
-	TpExitUnlinkat   *ebpf.Program `ebpf:"tp_exit_unlinkat"`
+	TpExitFile       *ebpf.Program `ebpf:"tp_exit_file"`
 }
 
 func (p *overtimePrograms) Close() error {
@@ -318,22 +274,7 @@ func (p *overtimePrograms) Close() error {
 		p.TpEnterUnlinkat,
 		p.TpExec,
 		p.TpExit,
-		p.TpExitCreat,
-		p.TpExitLink,
-		p.TpExitLinkat,
-		p.TpExitMkdir,
-		p.TpExitMkdirat,
-		p.TpExitOpen,
-		p.TpExitOpenat,
-		p.TpExitOpenat2,
-		p.TpExitRename,
-		p.TpExitRenameat,
-		p.TpExitRenameat2,
-		p.TpExitRmdir,
-		p.TpExitSymlink,
-		p.TpExitSymlinkat,
-		p.TpExitUnlink,
-		p.TpExitUnlinkat,
+		p.TpExitFile,
 	)
 }
 

@@ -84,6 +84,7 @@ const (
 	FilenameMax = 256
 	ArgsMax     = 1024
 	PathMax     = 512
+	DirMax      = 512
 )
 
 // Truncation bits of the record header (common.h TRUNC_*).
@@ -93,6 +94,33 @@ const (
 	truncPath
 	truncPath2
 )
+
+// File record dirs bits (common.h DIR_SET, DIR2_SET).
+const (
+	dirSet  = 1
+	dir2Set = 2
+)
+
+// appendDir appends to dst the directory whose names the kernel wrote leaf
+// first, each NUL-terminated ("c\x00b\x00a\x00"): "/a/b/c", or "/" for none.
+func appendDir(dst, names []byte) []byte {
+	if len(names) > 0 && names[len(names)-1] == 0 {
+		names = names[:len(names)-1]
+	}
+	if len(names) == 0 {
+		return append(dst, '/')
+	}
+	for end := len(names); end > 0; {
+		start := end - 1
+		for start >= 0 && names[start] != 0 {
+			start--
+		}
+		dst = append(dst, '/')
+		dst = append(dst, names[start+1:end]...)
+		end = start
+	}
+	return dst
+}
 
 // execHeld is the exec record's flag for a process the kernel stopped
 // (common.h EXEC_HELD).
@@ -104,7 +132,7 @@ const (
 	hdrSize   = 32
 	execFixed = hdrSize + 8 + CommLen + 16
 	exitSize  = hdrSize + 8
-	fileFixed = hdrSize + 32
+	fileFixed = hdrSize + 40
 )
 
 // ErrMalformed is returned (wrapped) by Decode for a record it cannot read.
@@ -152,6 +180,13 @@ type Record struct {
 	Path, Path2    []byte // as passed to the syscall (relative or absolute)
 	PathTruncated  bool   // conservative: set when the path filled its buffer
 	Path2Truncated bool
+	// Dir and Dir2 are the directories relative Path and Path2 start from
+	// (the cwd, or the directory open as Dirfd, Dirfd2), as the process
+	// saw them when the syscall returned; HasDir, HasDir2 say they were
+	// read (not for an absolute path, a symlink's target, or a directory
+	// deeper or longer than the kernel's bounds).
+	Dir, Dir2       []byte
+	HasDir, HasDir2 bool
 }
 
 var le = binary.LittleEndian
@@ -186,6 +221,7 @@ func Decode(raw []byte, rec *Record) error {
 	rec.FileOp, rec.Flags, rec.FMode, rec.Dirfd, rec.Dirfd2, rec.Dev, rec.Ino = 0, 0, 0, 0, 0, 0, 0
 	rec.Path, rec.Path2 = rec.Path[:0], rec.Path2[:0]
 	rec.PathTruncated, rec.Path2Truncated = false, false
+	rec.Dir, rec.Dir2, rec.HasDir, rec.HasDir2 = rec.Dir[:0], rec.Dir2[:0], false, false
 
 	switch typ {
 	case TypeFork, TypeReap:
@@ -233,12 +269,25 @@ func Decode(raw []byte, rec *Record) error {
 		rec.Dev = le.Uint32(p[16:])
 		plen, p2len := int(le.Uint16(p[20:])), int(le.Uint16(p[22:]))
 		rec.Ino = le.Uint64(p[24:])
-		if plen >= PathMax || p2len >= PathMax || len(raw) < fileFixed+plen+p2len {
-			return fmt.Errorf("%w: file record of %d bytes, path lengths %d, %d", ErrMalformed, len(raw), plen, p2len)
+		dlen, d2len, dirs := int(le.Uint16(p[32:])), int(le.Uint16(p[34:])), le.Uint16(p[36:])
+		if plen >= PathMax || p2len >= PathMax || dlen > DirMax || d2len > DirMax ||
+			len(raw) < fileFixed+plen+p2len+dlen+d2len {
+			return fmt.Errorf("%w: file record of %d bytes, lengths %d, %d, %d, %d", ErrMalformed, len(raw), plen, p2len, dlen, d2len)
 		}
-		p = p[32:]
+		p = p[40:]
 		rec.Path = append(rec.Path, cstr(p[:plen])...)
-		rec.Path2 = append(rec.Path2, cstr(p[plen:plen+p2len])...)
+		p = p[plen:]
+		rec.Path2 = append(rec.Path2, cstr(p[:p2len])...)
+		p = p[p2len:]
+		if dirs&dirSet != 0 {
+			rec.HasDir = true
+			rec.Dir = appendDir(rec.Dir, p[:dlen])
+		}
+		p = p[dlen:]
+		if dirs&dir2Set != 0 {
+			rec.HasDir2 = true
+			rec.Dir2 = appendDir(rec.Dir2, p[:d2len])
+		}
 		rec.PathTruncated = trunc&truncPath != 0
 		rec.Path2Truncated = trunc&truncPath2 != 0
 		return nil

@@ -34,7 +34,13 @@ func rawExec(comm, filename, args string) []byte {
 }
 
 func rawFile(op FileOp, path, path2 string) []byte {
-	b := make([]byte, fileFixed+len(path)+len(path2))
+	return rawFileDirs(op, path, path2, "", "", 0)
+}
+
+// rawFileDirs adds the directory names (leaf first, NUL-terminated) and
+// the dirs bits.
+func rawFileDirs(op FileOp, path, path2, dir, dir2 string, dirs uint16) []byte {
+	b := make([]byte, fileFixed+len(path)+len(path2)+len(dir)+len(dir2))
 	rawHdr(b, TypeFile, op, 0, 42, 0)
 	p := b[hdrSize:]
 	binary.LittleEndian.PutUint32(p, 0o101)
@@ -44,8 +50,10 @@ func rawFile(op FileOp, path, path2 string) []byte {
 	binary.LittleEndian.PutUint16(p[20:], uint16(len(path)))
 	binary.LittleEndian.PutUint16(p[22:], uint16(len(path2)))
 	binary.LittleEndian.PutUint64(p[24:], 99)
-	copy(p[32:], path)
-	copy(p[32+len(path):], path2)
+	binary.LittleEndian.PutUint16(p[32:], uint16(len(dir)))
+	binary.LittleEndian.PutUint16(p[34:], uint16(len(dir2)))
+	binary.LittleEndian.PutUint16(p[36:], dirs)
+	copy(p[40:], path+path2+dir+dir2)
 	return b
 }
 
@@ -73,6 +81,16 @@ func TestDecode(t *testing.T) {
 		rec.Dirfd != -100 || rec.Dev != 8<<20|3 || rec.Ino != 99 || rec.FMode != 0x100000 || rec.Flags != 0o101 {
 		t.Errorf("file decoded as %+v", rec)
 	}
+	raw := rawFileDirs(OpRename, "a", "b", "work\x00home\x00", "", dirSet|dir2Set)
+	if err := Decode(raw, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.HasDir || string(rec.Dir) != "/home/work" || !rec.HasDir2 || string(rec.Dir2) != "/" {
+		t.Errorf("dirs decoded as %q %v, %q %v", rec.Dir, rec.HasDir, rec.Dir2, rec.HasDir2)
+	}
+	if err := Decode(rawFile(OpOpen, "/abs", ""), &rec); err != nil || rec.HasDir || len(rec.Dir) != 0 {
+		t.Errorf("an absolute path's record: %v %+v", err, rec)
+	}
 	// Fields of an earlier record do not leak into the next.
 	if len(rec.Comm) != 0 || len(rec.Args) != 0 {
 		t.Errorf("exec fields kept: %+v", rec)
@@ -87,6 +105,8 @@ func TestDecodeMalformed(t *testing.T) {
 	binary.LittleEndian.PutUint32(badLen[hdrSize+8+CommLen:], FilenameMax+1)
 	badPath := rawFile(OpOpen, "a", "")
 	binary.LittleEndian.PutUint16(badPath[hdrSize+20:], PathMax)
+	badDir := rawFileDirs(OpOpen, "a", "", "d\x00", "", dirSet)
+	binary.LittleEndian.PutUint16(badDir[hdrSize+32:], DirMax+1)
 	badOp := rawFile(OpOpen, "a", "")
 	badOp[1] = 99
 	unknown := make([]byte, hdrSize)
@@ -99,6 +119,8 @@ func TestDecodeMalformed(t *testing.T) {
 		"short exit":   rawExit(0)[:exitSize-1],
 		"short file":   rawFile(OpOpen, "", "")[:fileFixed-1],
 		"short path2":  rawFile(OpRename, "a", "bb")[:fileFixed+2],
+		"short dir":    rawFileDirs(OpOpen, "a", "", "d\x00", "", dirSet)[:fileFixed+2],
+		"dir len":      badDir,
 		"filename len": badLen,
 		"path len":     badPath,
 		"file op":      badOp,
@@ -139,6 +161,7 @@ func TestDecodeAllocs(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(rawExec("restic", "/usr/bin/restic", "restic\x00backup\x00"))
 	f.Add(rawFile(OpSymlink, "l", "target"))
+	f.Add(rawFileDirs(OpLink, "a", "b", "x\x00", "y\x00z\x00", dirSet|dir2Set))
 	f.Add(rawExit(9))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, raw []byte) {
@@ -147,7 +170,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		if len(rec.Comm) > CommLen || len(rec.Filename) > FilenameMax || len(rec.Args) > ArgsMax ||
-			len(rec.Path) >= PathMax || len(rec.Path2) >= PathMax {
+			len(rec.Path) >= PathMax || len(rec.Path2) >= PathMax || len(rec.Dir) > DirMax+1 || len(rec.Dir2) > DirMax+1 {
 			t.Errorf("decoded fields past their bounds: %+v", rec)
 		}
 	})

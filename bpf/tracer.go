@@ -149,7 +149,8 @@ func Load(opts Options) (*Tracer, error) {
 // tracepoint takes a program once, and closing a set's links takes about a
 // second in the background, so attaching again meanwhile uses the other.
 type fileSet struct {
-	enter, exit           []fileHook
+	enter                 []fileHook
+	exit                  *ebpf.Program // tp_exit_file, on every sys_exit_X of enter
 	enterLinks, exitLinks []link.Link
 	closing               chan struct{} // closed when its links are closed; nil when idle
 }
@@ -223,12 +224,21 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 }
 
 func (fs *fileSet) add(name, tp string, prog *ebpf.Program) {
-	h := fileHook{name: name, tp: tp, prog: prog}
-	if strings.HasPrefix(tp, "sys_enter_") {
-		fs.enter = append(fs.enter, h)
-	} else {
-		fs.exit = append(fs.exit, h)
+	if name == overtimeProgTpExitFile {
+		fs.exit = prog
+		return
 	}
+	fs.enter = append(fs.enter, fileHook{name: name, tp: tp, prog: prog})
+}
+
+// exits are the exit hooks of fs: its exit program on the sys_exit
+// tracepoint of each enter hook's syscall.
+func (fs *fileSet) exits() []fileHook {
+	out := make([]fileHook, 0, len(fs.enter))
+	for _, h := range fs.enter {
+		out = append(out, fileHook{name: overtimeProgTpExitFile, tp: "sys_exit_" + syscallOf(h.tp), prog: fs.exit})
+	}
+	return out
 }
 
 // programs maps the C name of each loaded program to it.
@@ -237,22 +247,23 @@ func (t *Tracer) programs() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
 		overtimeProgTpExec: p.TpExec, overtimeProgTpExit: p.TpExit,
 		overtimeProgRawFork: p.RawFork, overtimeProgRawFree: p.RawFree,
-		overtimeProgTpEnterCreat: p.TpEnterCreat, overtimeProgTpExitCreat: p.TpExitCreat,
-		overtimeProgTpEnterLink: p.TpEnterLink, overtimeProgTpExitLink: p.TpExitLink,
-		overtimeProgTpEnterLinkat: p.TpEnterLinkat, overtimeProgTpExitLinkat: p.TpExitLinkat,
-		overtimeProgTpEnterMkdir: p.TpEnterMkdir, overtimeProgTpExitMkdir: p.TpExitMkdir,
-		overtimeProgTpEnterMkdirat: p.TpEnterMkdirat, overtimeProgTpExitMkdirat: p.TpExitMkdirat,
-		overtimeProgTpEnterOpen: p.TpEnterOpen, overtimeProgTpExitOpen: p.TpExitOpen,
-		overtimeProgTpEnterOpenat: p.TpEnterOpenat, overtimeProgTpExitOpenat: p.TpExitOpenat,
-		overtimeProgTpEnterOpenat2: p.TpEnterOpenat2, overtimeProgTpExitOpenat2: p.TpExitOpenat2,
-		overtimeProgTpEnterRename: p.TpEnterRename, overtimeProgTpExitRename: p.TpExitRename,
-		overtimeProgTpEnterRenameat: p.TpEnterRenameat, overtimeProgTpExitRenameat: p.TpExitRenameat,
-		overtimeProgTpEnterRenameat2: p.TpEnterRenameat2, overtimeProgTpExitRenameat2: p.TpExitRenameat2,
-		overtimeProgTpEnterRmdir: p.TpEnterRmdir, overtimeProgTpExitRmdir: p.TpExitRmdir,
-		overtimeProgTpEnterSymlink: p.TpEnterSymlink, overtimeProgTpExitSymlink: p.TpExitSymlink,
-		overtimeProgTpEnterSymlinkat: p.TpEnterSymlinkat, overtimeProgTpExitSymlinkat: p.TpExitSymlinkat,
-		overtimeProgTpEnterUnlink: p.TpEnterUnlink, overtimeProgTpExitUnlink: p.TpExitUnlink,
-		overtimeProgTpEnterUnlinkat: p.TpEnterUnlinkat, overtimeProgTpExitUnlinkat: p.TpExitUnlinkat,
+		overtimeProgTpExitFile:       p.TpExitFile,
+		overtimeProgTpEnterCreat:     p.TpEnterCreat,
+		overtimeProgTpEnterLink:      p.TpEnterLink,
+		overtimeProgTpEnterLinkat:    p.TpEnterLinkat,
+		overtimeProgTpEnterMkdir:     p.TpEnterMkdir,
+		overtimeProgTpEnterMkdirat:   p.TpEnterMkdirat,
+		overtimeProgTpEnterOpen:      p.TpEnterOpen,
+		overtimeProgTpEnterOpenat:    p.TpEnterOpenat,
+		overtimeProgTpEnterOpenat2:   p.TpEnterOpenat2,
+		overtimeProgTpEnterRename:    p.TpEnterRename,
+		overtimeProgTpEnterRenameat:  p.TpEnterRenameat,
+		overtimeProgTpEnterRenameat2: p.TpEnterRenameat2,
+		overtimeProgTpEnterRmdir:     p.TpEnterRmdir,
+		overtimeProgTpEnterSymlink:   p.TpEnterSymlink,
+		overtimeProgTpEnterSymlinkat: p.TpEnterSymlinkat,
+		overtimeProgTpEnterUnlink:    p.TpEnterUnlink,
+		overtimeProgTpEnterUnlinkat:  p.TpEnterUnlinkat,
 	}
 }
 
@@ -400,7 +411,7 @@ func (t *Tracer) EnableFiles() error {
 	// stashed arguments at its exit and is not reported. The other set's
 	// programs may still run for a moment: an enter stashes the same
 	// arguments twice, the first exit takes them and the second finds none.
-	exits, err := attachSyscalls(fs.exit)
+	exits, err := attachSyscalls(fs.exits())
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"os/exec"
@@ -120,6 +121,8 @@ func cloneRecord(r *Record) Record {
 	c.Args = bytes.Clone(r.Args)
 	c.Path = bytes.Clone(r.Path)
 	c.Path2 = bytes.Clone(r.Path2)
+	c.Dir = bytes.Clone(r.Dir)
+	c.Dir2 = bytes.Clone(r.Dir2)
 	return c
 }
 
@@ -636,6 +639,88 @@ func TestCalibrateAndFiles(t *testing.T) {
 		if r.FileOp == OpOpen && r.Flags&oCreat == 0 {
 			t.Errorf("open without O_CREAT reported: %q %#o", r.Path, r.Flags)
 		}
+	}
+	// Every relative path came with its directory, read by the kernel;
+	// a second path only where it is a path (not a symlink's target).
+	for _, r := range files {
+		rel := !filepath.IsAbs(string(r.Path))
+		if r.HasDir != rel || (rel && string(r.Dir) != work) {
+			t.Errorf("%v %q: dir %q (read %v), want %q", r.FileOp, r.Path, r.Dir, r.HasDir, work)
+		}
+		two := (r.FileOp == OpLink || r.FileOp == OpRename) && !filepath.IsAbs(string(r.Path2))
+		if r.HasDir2 != two || (two && string(r.Dir2) != work) {
+			t.Errorf("%v %q -> %q: dir2 %q (read %v)", r.FileOp, r.Path, r.Path2, r.Dir2, r.HasDir2)
+		}
+	}
+}
+
+// The directory of a relative path is read by the kernel when the syscall
+// returns: the cwd (across a mount point, and the root itself) and a
+// dirfd's directory, right whatever the process did before the record was
+// read.
+func TestFileDirs(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.MkdirAll(filepath.Join(mnt), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	sub := filepath.Join(mnt, "a", "b")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Relative creates in a directory below a mount point and in /; then
+	// the directory is renamed away before anyone reads the records.
+	script := `cd "$1" && : > in-mount && cd / && : > /dev/null && mkdir -p "$2" && cd "$2" && : > here && cd / && mv "$2" "$2.moved"`
+	other := filepath.Join(dir, "other")
+	cmd := exec.Command(sh, "-c", script, "sh", sub, other)
+	start(t, cmd)
+	pid := cmd.Process.Pid
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("script: %v", err)
+	}
+	h.wait(t, "reap", func(r *Record) bool { return r.Type == TypeReap && r.TGID == uint32(pid) })
+	for path, want := range map[string]string{"in-mount": sub, "here": other} {
+		r := h.wait(t, path, func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == path })
+		if !r.HasDir || string(r.Dir) != want {
+			t.Errorf("%s: dir %q (read %v), want %q", path, r.Dir, r.HasDir, want)
+		}
+	}
+
+	// A dirfd's directory, from the test process itself.
+	self := os.Getpid()
+	if err := h.tr.Track(self); err != nil {
+		t.Fatal(err)
+	}
+	defer h.tr.Untrack(self)
+	dfd, err := unix.Open(filepath.Join(mnt, "a"), unix.O_DIRECTORY|unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, "via-fd", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	if err := unix.Renameat(dfd, "via-fd", unix.AT_FDCWD, filepath.Join(mnt, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	r := h.wait(t, "openat via dirfd", func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == "via-fd" && r.FileOp == OpOpen })
+	if !r.HasDir || string(r.Dir) != filepath.Join(mnt, "a") {
+		t.Errorf("via-fd: dir %q (read %v), want %q", r.Dir, r.HasDir, filepath.Join(mnt, "a"))
+	}
+	r = h.wait(t, "renameat", func(r *Record) bool { return r.Type == TypeFile && r.FileOp == OpRename && string(r.Path) == "via-fd" })
+	if !r.HasDir || string(r.Dir) != filepath.Join(mnt, "a") || r.HasDir2 {
+		t.Errorf("renameat: dir %q (%v), dir2 %q (%v): want the dirfd's and none for an absolute new name", r.Dir, r.HasDir, r.Dir2, r.HasDir2)
 	}
 }
 

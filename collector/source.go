@@ -348,7 +348,7 @@ func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
 	var err error
 	switch r.FileOp {
 	case bpf.OpOpen:
-		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path); err != nil {
+		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir); err != nil {
 			return nil, err
 		}
 		f.Op = FileOpen
@@ -362,18 +362,18 @@ func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
 		return f, nil
 	case bpf.OpMkdir:
 		f.Op = FileMkdir
-		f.Path, err = s.absPath(pid, r.Dirfd, r.Path)
+		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 	case bpf.OpSymlink:
 		f.Op = FileSymlink
-		f.Path, err = s.absPath(pid, r.Dirfd, r.Path)
+		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 	case bpf.OpLink:
 		// The new name is what the process created.
 		f.Op = FileLink
-		f.Path, err = s.absPath(pid, r.Dirfd2, r.Path2)
+		f.Path, err = s.absPath(pid, r.Dirfd2, r.Path2, r.Dir2, r.HasDir2)
 	case bpf.OpRename:
 		f.Op = FileRename
-		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path); err == nil {
-			f.NewPath, err = s.absPath(pid, r.Dirfd2, r.Path2)
+		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir); err == nil {
+			f.NewPath, err = s.absPath(pid, r.Dirfd2, r.Path2, r.Dir2, r.HasDir2)
 		}
 		if err == nil {
 			f.Dev, f.Ino = s.lstat(pid, f.NewPath)
@@ -381,7 +381,7 @@ func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
 		return f, err
 	case bpf.OpUnlink, bpf.OpRmdir:
 		f.Op = FileUnlink
-		f.Path, err = s.absPath(pid, r.Dirfd, r.Path)
+		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 		return f, err
 	default:
 		return nil, fmt.Errorf("unknown file op %d", r.FileOp)
@@ -422,15 +422,20 @@ func (s *Source) remember(pid, ppid int) {
 	s.known[pid] = procInfo{ppid: ppid, cwd: cwd}
 }
 
-// absPath makes path absolute as process pid sees it: relative to its cwd
-// (AT_FDCWD) or to the directory open as dirfd, then cleaned.
-func (s *Source) absPath(pid int, dirfd int32, path []byte) (string, error) {
+// absPath makes path absolute as process pid sees it: relative to dir, the
+// directory the kernel read when the syscall returned (hasDir), else to
+// the process's cwd (AT_FDCWD) or the directory open as dirfd now; then
+// cleaned.
+func (s *Source) absPath(pid int, dirfd int32, path, dir []byte, hasDir bool) (string, error) {
 	p := string(path)
 	if p == "" {
 		return "", errors.New("empty path")
 	}
 	if filepath.IsAbs(p) {
 		return filepath.Clean(p), nil
+	}
+	if hasDir {
+		return filepath.Join(string(dir), p), nil
 	}
 	link := filepath.Join(s.proc.Root(), strconv.Itoa(pid), "cwd")
 	if dirfd != unix.AT_FDCWD {

@@ -284,3 +284,25 @@ func TestKernelDev(t *testing.T) {
 		}
 	}
 }
+
+// A relative path is joined to the directory the kernel read when the
+// syscall returned; without it, to the process's cwd now, which a process
+// that is gone no longer has.
+func TestFilePathFromKernelDir(t *testing.T) {
+	proc, err := NewProcfs("/proc", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Source{proc: proc, known: map[int]procInfo{}}
+	const gone = 1 << 30 // above any pid_max
+	r := &bpf.Record{Type: bpf.TypeFile, FileOp: bpf.OpOpen, TGID: gone, Dirfd: unix.AT_FDCWD,
+		Flags: unix.O_CREAT | unix.O_EXCL, Path: []byte("../locks/x"), Dir: []byte("/repo/data"), HasDir: true}
+	f, err := s.file(r)
+	if err != nil || f.Path != "/repo/locks/x" || f.Op != FileCreate {
+		t.Fatalf("file = %+v, %v; want a create of /repo/locks/x", f, err)
+	}
+	r.HasDir = false
+	if f, err := s.file(r); err == nil {
+		t.Fatalf("without the kernel's dir, a gone process's relative path resolved to %q", f.Path)
+	}
+}
