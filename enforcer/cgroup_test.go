@@ -371,3 +371,32 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// On cgroup v2, Kill signals the members it knows through their pidfds at
+// once, and cgroup.kill ends in the background whatever else is in the tree
+// cgroup: here a process put there behind the enforcer's back, as a child
+// forked a moment before the kill would be.
+func TestKillSweepsTheCgroup(t *testing.T) {
+	p := newParent(t, false)
+	e := newEnforcer(t, ModeHybrid)
+	root := start(t, p, "exec sleep 100")
+	stranger := start(t, p, "exec sleep 100")
+	name := treeName(t, e)
+	confine(t, e, name, root)
+	procs := filepath.Join(p.dir(), name, "cgroup.procs")
+	if err := os.WriteFile(procs, []byte(strconv.Itoa(stranger.pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Kill(name); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	e.WaitKills()
+	for _, q := range []*proc{root, stranger} {
+		if !q.waitExit(5 * time.Second) {
+			t.Fatalf("pid %d in the tree cgroup survived Kill", q.pid)
+		}
+	}
+	if err := release(e, name); err != nil {
+		t.Fatal(err)
+	}
+}

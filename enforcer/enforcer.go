@@ -66,6 +66,8 @@ type Enforcer struct {
 
 	mu    sync.Mutex
 	trees map[string]*tree
+	// sweeps are the background cgroup.kill writes of Kill (v2).
+	sweeps sync.WaitGroup
 }
 
 // tree is one tracked process tree.
@@ -321,20 +323,37 @@ func (e *Enforcer) Kill(name string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var errs []error
-	if t.group != "" && e.h.exists(t.group) {
+	if e.v1 && t.group != "" && e.h.exists(t.group) {
+		// Freeze, kill, thaw: no member forks while it is killed.
 		group := t.group
 		err := e.h.kill(group, func(pid int) error { return e.signalInGroup(group, pid, unix.SIGKILL) })
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	// Members forked before their parent's move, or that could not be
-	// moved, live outside the cgroup; those already killed above get a
-	// harmless second SIGKILL through the same pidfd.
+	// Every member known gets SIGKILL through its pidfd: members forked
+	// before their parent's move or that could not be moved live outside
+	// the cgroup, and a pidfd takes no cgroup lock.
 	for pid, fd := range t.members {
 		if err := pidfdSignal(fd, unix.SIGKILL); err != nil && !exited(err) {
 			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 		}
+	}
+	if !e.v1 && t.group != "" {
+		// cgroup.kill then ends whatever else is in the cgroup (a child
+		// forked a moment ago) and any fork still racing in. Writing it
+		// waits for the kernel's cgroup lock, held for milliseconds while
+		// many cgroups are removed at once: it runs in the background so
+		// the next tree's kill does not wait behind it.
+		group := t.group
+		e.sweeps.Go(func() {
+			if !e.h.exists(group) {
+				return // released: nothing left in it
+			}
+			if err := e.h.kill(group, nil); err != nil && e.h.exists(group) {
+				e.log.Warn("kill through the cgroup", "tree", name, "cgroup", group, "err", err)
+			}
+		})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("kill %s: %w", name, err)
@@ -342,6 +361,9 @@ func (e *Enforcer) Kill(name string) error {
 	e.log.Debug("killed", "tree", name, "cgroup", t.group)
 	return nil
 }
+
+// WaitKills waits for the cgroup sweeps of earlier Kills to finish.
+func (e *Enforcer) WaitKills() { e.sweeps.Wait() }
 
 // Release implements agent.Enforcer.
 func (e *Enforcer) Release(name string) error {
