@@ -414,7 +414,7 @@ func (a *Agent) join(t *tree, p collector.Process) *proc {
 	if err := a.src.Track(p.PID); err != nil {
 		a.log.Warn("track in kernel", "pid", p.PID, "err", err)
 	}
-	if err := a.enf.Confine(t.name, p.PID, p.Born); err != nil {
+	if err := a.enf.Confine(t.name, p.PID, p.Born, len(t.rule.Cleanup.Paths) > 0); err != nil {
 		if isGone(err) {
 			// It exited before it could be confined. Its exit and reap
 			// events are normally on their way; if none comes (it ended

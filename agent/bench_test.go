@@ -98,8 +98,8 @@ func (nopSource) WatchParent(int, int) error { return nil }
 
 type nopEnforcer struct{ Enforcer }
 
-func (nopEnforcer) Confine(string, int, time.Duration) error   { return nil }
-func (nopEnforcer) Forget(string, int)                         {}
-func (nopEnforcer) Release(string) error                       { return nil }
-func (nopEnforcer) Signal(string, syscall.Signal) (int, error) { return 0, nil }
-func (nopEnforcer) Kill(string) error                          { return nil }
+func (nopEnforcer) Confine(string, int, time.Duration, bool) error { return nil }
+func (nopEnforcer) Forget(string, int)                             {}
+func (nopEnforcer) Release(string) error                           { return nil }
+func (nopEnforcer) Signal(string, syscall.Signal) (int, error)     { return 0, nil }
+func (nopEnforcer) Kill(string) error                              { return nil }

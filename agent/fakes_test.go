@@ -194,7 +194,7 @@ func (e *fakeEnforcer) log(format string, args ...any) {
 	e.calls = append(e.calls, fmt.Sprintf(format, args...))
 }
 
-func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration) error {
+func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration, view bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.gone[pid] {

@@ -51,8 +51,10 @@ type Source interface {
 type Enforcer interface {
 	// Confine moves pid (born at born, on the boot-time clock) into the
 	// tree's cgroup, creating it on first use, and keeps a pidfd for it. A
-	// pid whose start time no longer matches born is refused.
-	Confine(tree string, pid int, born time.Duration) error
+	// pid whose start time no longer matches born is refused. With view
+	// (the rule has cleanup paths), the tree's first Confine also keeps the
+	// process's root directory and mount namespace for Remove.
+	Confine(tree string, pid int, born time.Duration, view bool) error
 	// Resume continues a process the kernel stopped at exec (SIGCONT
 	// through a pidfd, after checking its start time).
 	Resume(pid int, born time.Duration) error

@@ -130,7 +130,7 @@ func TestChildrenForkedBeforeMoveStayOutside(t *testing.T) {
 		t.Fatalf("confined child in %s", c)
 	}
 	e.h = failAdd{hierarchy: e.h, pid: kids[1].pid}
-	err := e.Confine(name, kids[1].pid, born(t, kids[1].pid))
+	err := e.Confine(name, kids[1].pid, born(t, kids[1].pid), false)
 	if !errors.Is(err, ErrUnconfined) {
 		t.Fatalf("Confine of unmovable child = %v, want ErrUnconfined", err)
 	}
@@ -174,7 +174,7 @@ func TestPIDReuseGuard(t *testing.T) {
 	q := start(t, p, "exec sleep 100")
 	waitForComm(t, q.pid, "sleep")
 	name := treeName(t, e)
-	err := e.Confine(name, q.pid, born(t, q.pid)+time.Second)
+	err := e.Confine(name, q.pid, born(t, q.pid)+time.Second, false)
 	if !errors.Is(err, ErrPIDReused) {
 		t.Fatalf("Confine with wrong start time = %v, want ErrPIDReused", err)
 	}
@@ -316,7 +316,7 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 	name := treeName(t, e)
 	// Unmovable, so the enforcer holds it by its pidfd alone.
 	e.h = failAdd{hierarchy: e.h, pid: victim.pid}
-	if err := e.Confine(name, victim.pid, born(t, victim.pid)); !errors.Is(err, ErrUnconfined) {
+	if err := e.Confine(name, victim.pid, born(t, victim.pid), false); !errors.Is(err, ErrUnconfined) {
 		t.Fatalf("Confine = %v, want ErrUnconfined", err)
 	}
 	pid := victim.pid

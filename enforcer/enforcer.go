@@ -142,7 +142,7 @@ func (g goneError) Unwrap() error { return g.err }
 func (goneError) Gone() bool { return true }
 
 // Confine implements agent.Enforcer.
-func (e *Enforcer) Confine(name string, pid int, born time.Duration) error {
+func (e *Enforcer) Confine(name string, pid int, born time.Duration, view bool) error {
 	if err := e.checkName(name); err != nil {
 		return err
 	}
@@ -177,7 +177,7 @@ func (e *Enforcer) Confine(name string, pid int, born time.Duration) error {
 			t.group, t.origin = path.Join(cur, name), cur
 		}
 	}
-	if t.rootFD < 0 {
+	if view && t.rootFD < 0 {
 		if err := e.keepView(t, pid, fd); err != nil {
 			e.log.Warn("cannot keep the tree's filesystem view; cleanup will skip it", "tree", name, "pid", pid, "err", err)
 		}

@@ -286,7 +286,7 @@ func treeName(t *testing.T, e *Enforcer) string {
 func confine(t *testing.T, e *Enforcer, name string, ps ...*proc) {
 	t.Helper()
 	for _, p := range ps {
-		if err := e.Confine(name, p.pid, born(t, p.pid)); err != nil {
+		if err := e.Confine(name, p.pid, born(t, p.pid), true); err != nil {
 			t.Fatalf("confine %d: %v", p.pid, err)
 		}
 	}
