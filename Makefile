@@ -46,6 +46,7 @@ test: deps ## run every test as root against the real kernel (vet, race, short f
 	@[ "$$(id -u)" = 0 ] || { echo "make test runs as root: the tests load eBPF programs, make cgroups and kill their own processes"; exit 1; }
 	$(GO) vet ./...
 	OVERTIME_REQUIRE_CLANG=1 OVERTIME_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./agent/ ./bpf/ ./collector/ # the micro benchmarks still run
 	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x
 
 .PHONY: fuzz

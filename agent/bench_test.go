@@ -95,6 +95,8 @@ type nopSource struct{ Source }
 func (nopSource) Track(int) error            { return nil }
 func (nopSource) Untrack(int) error          { return nil }
 func (nopSource) WatchParent(int, int) error { return nil }
+func (nopSource) FilesEnabled() bool         { return true }
+func (nopSource) EnableFiles() error         { return nil }
 
 type nopEnforcer struct{ Enforcer }
 
