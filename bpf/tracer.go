@@ -562,10 +562,28 @@ const (
 )
 
 // Track marks tgid as tracked: its forks (whose children the kernel tracks
-// too), exit, reap and file changes are reported from now on.
+// too), exit, reap and file changes are reported from now on. A process
+// that is already gone is not added: an entry for it would never be
+// removed (the kernel removes one when the process is reaped), and would
+// make a later process with its PID look tracked.
 func (t *Tracer) Track(tgid int) error {
-	if err := t.objs.Tracked.Put(uint32(tgid), overtimeTrackedVal{Flags: trackConfirmed}); err != nil {
+	key, val := uint32(tgid), overtimeTrackedVal{Flags: trackConfirmed}
+	// A candidate or a forked child: the kernel made its entry.
+	err := t.objs.Tracked.Update(key, val, ebpf.UpdateExist)
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err != nil {
+			return fmt.Errorf("track %d: %w", tgid, err)
+		}
+		return nil
+	}
+	// No entry: a process found by a scan, or one reaped already (its
+	// entry went with it). Add it, then check that it is still there; the
+	// kernel removes the entry of one reaped after this check.
+	if err := t.objs.Tracked.Update(key, val, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 		return fmt.Errorf("track %d: %w", tgid, err)
+	}
+	if err := unix.Kill(tgid, 0); errors.Is(err, unix.ESRCH) { // signal 0: only the check
+		return t.Untrack(tgid)
 	}
 	return nil
 }

@@ -1005,3 +1005,38 @@ func TestFilesReattachWhileDetaching(t *testing.T) {
 		}
 	}
 }
+
+// Track of a candidate that was reaped before user space got to it adds
+// nothing: the kernel already dropped its entry, and a new one would stay
+// forever (keeping the file programs attached and a later process with the
+// PID tracked).
+func TestTrackOfAReapedCandidateAddsNothing(t *testing.T) {
+	h := newHarness(t, Options{})
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sh, "-c", "exit 0")
+	start(t, cmd)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	h.wait(t, "reap", func(r *Record) bool { return r.Type == TypeReap && r.TGID == uint32(pid) })
+	if err := h.tr.Track(pid); err != nil {
+		t.Fatal(err)
+	}
+	if h.tr.tracked(pid) {
+		t.Fatal("Track of a reaped process left an entry")
+	}
+	// A live process found by a scan (no entry yet) is added.
+	self := os.Getpid()
+	if err := h.tr.Track(self); err != nil {
+		t.Fatal(err)
+	}
+	defer h.tr.Untrack(self)
+	if !h.tr.tracked(self) {
+		t.Fatal("Track of a live process without an entry added none")
+	}
+}

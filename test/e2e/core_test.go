@@ -207,11 +207,11 @@ func TestCrashAdoption(t *testing.T) {
 }
 
 // 2,000 short-lived matching processes leave no trace: every one seen, the
-// table empty, no cgroup left.
+// table empty, no cgroup left, nothing tracked in the kernel.
 func TestShortLivedLeaveNoTrace(t *testing.T) {
 	cg := newTestCgroup(t)
 	dir := t.TempDir()
-	a := startAgent(t, rule("ovt-short", "1h", "1s", ""))
+	a := startAgent(t, rule("ovt-short", "1h", "1s", ""), "--file-tracing-idle", "1s")
 	eng := engine(t, dir, "ovt-short", "true")
 	loop := cg.start(t, dir, fmt.Sprintf("/bin/sh -c 'i=0; while [ $i -lt 2000 ]; do %s; i=$((i+1)); done'", eng))
 	if !loop.waitDone(2 * time.Minute) {
@@ -232,6 +232,10 @@ func TestShortLivedLeaveNoTrace(t *testing.T) {
 		t.Fatalf("runtime observations = %v, want 2000", v)
 	}
 	eventually(t, 15*time.Second, "no tree cgroup left", func() bool { return len(cg.children(t)) == 0 })
+	// Nothing is left tracked in the kernel either (processes that were
+	// reaped before the agent tracked them included): the file
+	// tracepoints are detached once the idle time has passed.
+	eventually(t, 10*time.Second, "file tracing detached", func() bool { return a.metric("overtime_file_tracing") == 0 })
 }
 
 // Bad config: validate and run exit 2, naming file, line and field.
