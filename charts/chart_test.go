@@ -498,6 +498,10 @@ func TestDaemonSet(t *testing.T) {
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args %q, want %q", c.Args, wantArgs)
 	}
+	extra := agentContainer(t, daemonSet(t, "--set-json", `extraArgs=["--file-tracing-idle","5m"]`)).Args
+	if want := append(slices.Clone(wantArgs), "--file-tracing-idle", "5m"); !slices.Equal(extra, want) {
+		t.Errorf("args with extraArgs %q, want %q", extra, want)
+	}
 	if len(c.Command) != 0 {
 		t.Errorf("command %q: the image's ENTRYPOINT must be used", c.Command)
 	}
