@@ -392,8 +392,8 @@ func (t *Tracer) EnableFiles() error {
 	}
 	// The set an earlier DisableFiles is still detaching cannot be
 	// attached again before it is done (about a second); the other can at
-	// once, so a process held at exec waits milliseconds. Both busy: wait
-	// for the one that started first.
+	// once, so a process held at exec waits milliseconds. Both busy (two
+	// detaches within a second): wait for the second set.
 	fs := t.sets[0]
 	if fs.closing != nil {
 		fs = t.sets[1]
