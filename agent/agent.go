@@ -115,7 +115,7 @@ func New(o Options) *Agent {
 		reloads:   make(chan *Config, 1),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
-	o.Registry.MustRegister(&tableCollector{a: a})
+	o.Registry.MustRegister(&tableCollector{a: a}, scanCollector{src: o.Source})
 	return a
 }
 

@@ -582,6 +582,19 @@ func TestFileTracingOnlyWhileSomethingIsTracked(t *testing.T) {
 	}
 }
 
+func TestScanSkippedExported(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.src.skipped = 3
+	err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
+# HELP overtime_scan_skipped_processes_total Processes that procfs scans (start-up, resync) left out because they could not be read, other than by exiting.
+# TYPE overtime_scan_skipped_processes_total counter
+overtime_scan_skipped_processes_total 3
+`), "overtime_scan_skipped_processes_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFileTracingStaysOnForAnUnfilteredRule(t *testing.T) {
 	h := newHarness(t, `rules:
   - name: any

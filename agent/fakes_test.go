@@ -52,6 +52,7 @@ type fakeSource struct {
 	tracking bool     // DisableFiles answers busy: the kernel tracks a process
 	// reapedPIDs are gone from procfs (Reaped).
 	reapedPIDs map[int]bool
+	skipped    uint64 // ScanSkipped
 }
 
 func newFakeSource() *fakeSource {
@@ -155,6 +156,12 @@ func (s *fakeSource) WatchParent(child, parent int) error {
 	}
 	s.parents[child] = parent
 	return nil
+}
+
+func (s *fakeSource) ScanSkipped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.skipped
 }
 
 func (s *fakeSource) Reaped(pid int, born time.Duration) bool {

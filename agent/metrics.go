@@ -139,7 +139,7 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 func MetricNames() []string {
 	reg := prometheus.NewRegistry()
 	NewMetrics(reg, BuildInfo{})
-	reg.MustRegister(&tableCollector{})
+	reg.MustRegister(&tableCollector{}, scanCollector{})
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
 		reg.Describe(ch)
@@ -166,6 +166,21 @@ func descName(d *prometheus.Desc) string {
 }
 
 // tableCollector builds the table gauges at scrape time.
+// scanSkippedDesc counts what procfs scans could not read: a process left
+// out of a scan is not tracked until its next event, and an operator should
+// see why.
+var scanSkippedDesc = prometheus.NewDesc("overtime_scan_skipped_processes_total",
+	"Processes that procfs scans (start-up, resync) left out because they could not be read, other than by exiting.", nil, nil)
+
+// scanCollector reads the source's count of skipped processes at scrape time.
+type scanCollector struct{ src Source }
+
+func (c scanCollector) Describe(ch chan<- *prometheus.Desc) { ch <- scanSkippedDesc }
+
+func (c scanCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(scanSkippedDesc, prometheus.CounterValue, float64(c.src.ScanSkipped()))
+}
+
 type tableCollector struct {
 	a *Agent
 }

@@ -14,6 +14,9 @@ type Source interface {
 	Run(ctx context.Context, events chan<- collector.Event) error
 	// Scan lists the processes running now (start-up and resync).
 	Scan() ([]collector.Process, error)
+	// ScanSkipped counts the processes scans left out because they could
+	// not be read (other than by exiting).
+	ScanSkipped() uint64
 	// SetFilter tells the kernel which exec comms may match a rule; all
 	// lets every exec through (a rule with no comm or literal exe basename);
 	// the comms in hold are stopped at exec until the agent resumes

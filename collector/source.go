@@ -126,6 +126,9 @@ func (s *Source) Pending() ([]int, error) { return s.t.Pending() }
 // Scan lists the processes running now, from procfs.
 func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
 
+// ScanSkipped counts the processes scans left out for a read error.
+func (s *Source) ScanSkipped() uint64 { return s.proc.Skipped() }
+
 // Reaped reports whether process pid, started at born, is gone (not even
 // a zombie), from procfs.
 func (s *Source) Reaped(pid int, born time.Duration) bool { return s.proc.Reaped(pid, born) }
