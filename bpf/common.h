@@ -42,10 +42,13 @@ typedef struct {
 	int counter;
 } atomic_t___ovt;
 
+struct tty_struct;
+
 struct signal_struct {
 	atomic_t___ovt live;
 	int group_exit_code;
 	unsigned int flags;
+	struct tty_struct *tty; /* the controlling terminal, if any */
 } __attribute__((preserve_access_index));
 
 struct mm_struct {

@@ -45,7 +45,10 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 		 * period and checks that tracked is empty: a candidate that saw
 		 * files_on set is in tracked by then, and detaching is called
 		 * off. */
-		if (!cfg->files_on)
+		/* Not one with a controlling terminal: an interactive shell
+		 * waits with WUNTRACED and would take the stop for ^Z, putting
+		 * the job in the background. Its first files may go unseen. */
+		if (!cfg->files_on && !BPF_CORE_READ(task, signal, tty))
 			hold = 1;
 		if (hold && bpf_send_signal(SIGSTOP_NR) == 0)
 			held = 1;

@@ -1040,3 +1040,52 @@ func TestTrackOfAReapedCandidateAddsNothing(t *testing.T) {
 		t.Fatal("Track of a live process without an entry added none")
 	}
 }
+
+// A candidate with a controlling terminal is not held while the file
+// programs are detached: an interactive shell would take the stop for ^Z.
+// One without a terminal is (TestFilesOnDemand).
+func TestNoHoldWithAControllingTerminal(t *testing.T) {
+	h := newHarnessWith(t, Options{}, nil)
+	dir := t.TempDir()
+	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
+	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	defer ptmx.Close()
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pts.Close()
+	go io.Copy(io.Discard, ptmx)
+	cmd := exec.Command(sh, "-c", "exit 0")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	start(t, cmd)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
+		t.Fatal("a candidate with a controlling terminal was held")
+	}
+	ex := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(cmd.Process.Pid) })
+	if ex.Held {
+		t.Fatal("exec record says held")
+	}
+}
