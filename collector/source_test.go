@@ -251,9 +251,10 @@ func TestSourceLost(t *testing.T) {
 	if err := h.src.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	// One process making 5000 files in a tight loop outruns a one-page
-	// ring buffer.
-	run(t, exec.Command(sh, "-c", `cd "$1" && i=0; while [ $i -lt 5000 ]; do : > f$i; i=$((i+1)); done`, "sh", dir))
+	// One process making 5000 files with 200-byte names in a tight loop
+	// outruns a one-page ring buffer (a record carries the name at its
+	// length: about ten fit).
+	run(t, exec.Command(sh, "-c", `cd "$1" && p=$(printf %0200d 0) && i=0; while [ $i -lt 5000 ]; do : > $p$i; i=$((i+1)); done`, "sh", dir))
 	e := h.wait(t, "lost", func(e *Event) bool { return e.Type == EventLost })
 	if e.Lost == 0 {
 		t.Errorf("lost event with Lost 0")

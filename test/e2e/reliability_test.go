@@ -133,8 +133,9 @@ func TestLostEventsResync(t *testing.T) {
 	a := startAgent(t, rule("ovt-burst", "1h", "1s", ""), "--ring-buffer-size", "4096")
 	eng := engine(t, dir, "ovt-burst", "sleep 1000 &\nwait")
 	// 200 long-lived matching processes started at once, each forking a
-	// child: far more records than one page holds.
-	cg.start(t, dir, fmt.Sprintf("/bin/sh -c 'i=0; while [ $i -lt 200 ]; do %s & i=$((i+1)); done; wait'", eng))
+	// child, each with a 900-byte argument (an exec record carries argv at
+	// its length: three fit in the page): far more than one page holds.
+	cg.start(t, dir, fmt.Sprintf(`/bin/sh -c 'a=$(printf %%0900d 0); i=0; while [ $i -lt 200 ]; do %s "$a" & i=$((i+1)); done; wait'`, eng))
 	eventually(t, 20*time.Second, "events lost and a resync made", func() bool {
 		return a.metric("overtime_events_lost_total") > 0 && a.metric("overtime_resyncs_total") > 0
 	})
