@@ -92,11 +92,12 @@ rules:
 // panics.
 type nopSource struct{ Source }
 
-func (nopSource) Track(int) error            { return nil }
-func (nopSource) Untrack(int) error          { return nil }
-func (nopSource) WatchParent(int, int) error { return nil }
-func (nopSource) FilesEnabled() bool         { return true }
-func (nopSource) EnableFiles() error         { return nil }
+func (nopSource) Track(int) error             { return nil }
+func (nopSource) Untrack(int) error           { return nil }
+func (nopSource) WatchParent(int, int) error  { return nil }
+func (nopSource) FilesEnabled() bool          { return true }
+func (nopSource) EnableFiles() error          { return nil }
+func (nopSource) DisableFiles() (bool, error) { return true, nil }
 
 type nopEnforcer struct{ Enforcer }
 
