@@ -531,14 +531,7 @@ func (a *Agent) onExec(ev collector.Event) {
 	// max_running, or file tracing was off): whatever is decided below, it
 	// runs on unless it is ended at its cap.
 	if p.Held {
-		defer func() {
-			if m, ok := a.procs[p.PID]; ok && m.tree.capped && !a.monitor() {
-				return
-			}
-			if err := a.enf.Resume(p.PID, p.Born); err != nil {
-				a.log.Debug("resume held process", "pid", p.PID, "err", err)
-			}
-		}()
+		defer a.resumeHeld(p.PID, p.Born)
 	}
 	if m, ok := a.procs[p.PID]; ok {
 		// The PID was reaped and reused before we saw the reap.
@@ -815,18 +808,25 @@ func (a *Agent) settlePending(pending []int, scan []collector.Process) {
 		comm[scan[i].PID] = &scan[i]
 	}
 	for _, pid := range pending {
-		s, alive := comm[pid]
-		m, tracked := a.procs[pid]
-		if alive && !s.Zombie && !(tracked && m.tree.capped && !a.monitor()) {
-			if err := a.enf.Resume(pid, s.Born); err != nil {
-				a.log.Debug("resume held process", "pid", pid, "err", err)
-			}
+		if s, alive := comm[pid]; alive && !s.Zombie {
+			a.resumeHeld(pid, s.Born)
 		}
-		if !tracked {
+		if _, tracked := a.procs[pid]; !tracked {
 			if err := a.src.Untrack(pid); err != nil {
 				a.log.Debug("untrack", "pid", pid, "err", err)
 			}
 		}
+	}
+}
+
+// resumeHeld continues a process the kernel stopped at exec, unless it is
+// being ended at its rule's cap.
+func (a *Agent) resumeHeld(pid int, born time.Duration) {
+	if m, ok := a.procs[pid]; ok && m.tree.capped && !a.monitor() {
+		return
+	}
+	if err := a.enf.Resume(pid, born); err != nil {
+		a.log.Debug("resume held process", "pid", pid, "err", err)
 	}
 }
 
