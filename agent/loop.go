@@ -128,29 +128,20 @@ func (a *Agent) apply(cfg *Config) {
 func (a *Agent) shutdown() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	// Removals of ended trees' cgroups still running or waiting for a
-	// retry finish first.
-	a.releasing.Wait()
+	// Live trees go the way of ended ones (see release): their members
+	// back to the cgroup they came from, the cgroup removed, retried while
+	// its last tasks finish exiting. The stop waits for those and for
+	// removals of ended trees still running or waiting for a retry.
 	trees := a.trees
-	for name, t := range trees {
-		// Stopping may wait: a cgroup whose last tasks are still exiting
-		// is retried for a moment.
-		var err error
-		for try := 0; try < 100; try++ {
-			if err = a.enf.Release(name); !isBusy(err) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if err != nil {
-			a.log.Error("release tree cgroup at stop", "rule", t.rule.Name, "cgroup", name, "err", err)
-		}
+	for _, t := range trees {
+		a.release(t)
 		for pid := range t.members {
 			if err := a.src.Untrack(pid); err != nil {
 				a.log.Debug("untrack", "pid", pid, "err", err)
 			}
 		}
 	}
+	a.releasing.Wait()
 	// Candidates the kernel stopped at exec whose records were not handled
 	// run on.
 	if pending, err := a.src.Pending(); err == nil && len(pending) > 0 {
