@@ -234,6 +234,31 @@ func (a *agent) processes() ([]apiProcess, error) {
 	return out, json.Unmarshal(body, &out)
 }
 
+// waitEmpty reads the agent's table every poll until it is empty or limit
+// has passed, and returns what is left and how long it waited. A read that
+// fails is tried again; the error is returned only if none succeeded.
+func (a *agent) waitEmpty(limit, poll time.Duration) ([]apiProcess, time.Duration, error) {
+	began := time.Now()
+	var left []apiProcess
+	var lastErr error
+	read := false
+	for {
+		procs, err := a.processes()
+		if err == nil {
+			left, read = procs, true
+		}
+		lastErr = err
+		if (err == nil && len(procs) == 0) || time.Since(began) >= limit {
+			break
+		}
+		time.Sleep(poll)
+	}
+	if !read {
+		return nil, time.Since(began), lastErr
+	}
+	return left, time.Since(began), nil
+}
+
 // stateCounts summarises processes by state, for a note.
 func stateCounts(ps []apiProcess) string {
 	n := map[string]int{}

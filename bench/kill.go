@@ -143,21 +143,14 @@ func killLatency(b *bench) error {
 		return err
 	}
 	reportKill(b, "kill_1k", lat, m, early, unnamed, notKilled)
-	procs, err := a.processes()
+	// Killed members stay in the table until their parent reaps them:
+	// the sleep children are orphans reaped by PID 1.
+	procs, drain, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
 	if err != nil {
 		return err
 	}
-	// Killed members stay in the table until their parent reaps them:
-	// the sleep children are orphans reaped by PID 1.
-	drainFrom := time.Now()
-	for i := 0; i < 150 && len(procs) > 0; i++ {
-		time.Sleep(100 * time.Millisecond)
-		if procs, err = a.processes(); err != nil {
-			return err
-		}
-	}
 	b.out.check("kill_1k_table_after", fmt.Sprintf("%d processes", len(procs)),
-		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", time.Since(drainFrom).Round(100*time.Millisecond)), len(procs) == 0)
+		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", drain.Round(100*time.Millisecond)), len(procs) == 0)
 	if len(procs) > 0 {
 		b.out.note("left in the table: %s", stateCounts(procs))
 	}
@@ -378,12 +371,9 @@ func memoryAndKill10k(b *bench) error {
 	}
 	reportKill(b, "kill_10k", lat, m, early, unnamed, notKilled)
 	// The table drains when the last zombie timers fire.
-	var left []apiProcess
-	for range 150 {
-		if left, err = a.processes(); err == nil && len(left) == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	left, _, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
+	if err != nil {
+		return err
 	}
 	b.out.check("kill_10k_table_after", fmt.Sprintf("%d processes", len(left)), "0", len(left) == 0)
 	return nil

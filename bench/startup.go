@@ -215,18 +215,9 @@ func massDeadline(b *bench) error {
 		b.out.info("mass_deadline_first_kill", ms(first), "first kill after the deadline (timer wake-up)")
 		b.out.info("mass_deadline_kill_span", ms(span), fmt.Sprintf("first to last of %d kills; widest gap %s", len(kills), ms(gap)))
 	}
-	procs, err := a.processes()
+	procs, _, err := a.waitEmpty(5*time.Second, 100*time.Millisecond)
 	if err != nil {
 		return err
-	}
-	for range 50 {
-		if len(procs) == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-		if procs, err = a.processes(); err != nil {
-			return err
-		}
 	}
 	b.out.check("mass_deadline_table_after", fmt.Sprintf("%d processes", len(procs)), "0", len(procs) == 0)
 	return nil

@@ -189,20 +189,10 @@ rules:
 	}
 	spawnTime := time.Since(began)
 	// Wait for the table to drain: every tree ended and reaped.
-	var procs []apiProcess
-	drained := time.Now()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		procs, err = a.processes()
-		if err == nil && len(procs) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+	procs, drain, err := a.waitEmpty(60*time.Second, 50*time.Millisecond)
+	if err != nil {
+		return err
 	}
-	drain := time.Since(drained)
 	cpu1, _, _ := a.cpu()
 	m1, err := a.metrics()
 	if err != nil {
