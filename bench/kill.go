@@ -133,26 +133,9 @@ func killLatency(b *bench) error {
 	if err != nil {
 		return err
 	}
-	lat, early, unnamed, notKilled, err := run.latencies(timeout, timeout+spreadOver+15*time.Second)
+	lat, err := finishKill(b, a, run, "kill_1k", timeout, timeout+spreadOver+15*time.Second)
 	if err != nil {
 		return err
-	}
-	time.Sleep(200 * time.Millisecond)
-	m, err := a.metrics()
-	if err != nil {
-		return err
-	}
-	reportKill(b, "kill_1k", lat, m, early, unnamed, notKilled)
-	// Killed members stay in the table until their parent reaps them:
-	// the sleep children are orphans reaped by PID 1.
-	procs, drain, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
-	if err != nil {
-		return err
-	}
-	b.out.check("kill_1k_table_after", fmt.Sprintf("%d processes", len(procs)),
-		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", drain.Round(100*time.Millisecond)), len(procs) == 0)
-	if len(procs) > 0 {
-		b.out.note("left in the table: %s", stateCounts(procs))
 	}
 	a.stop()
 
@@ -172,6 +155,34 @@ func killLatency(b *bench) error {
 		b.out.info("kill_speedup_vs_poller_p50", fmt.Sprintf("%.0fx", float64(p50)/float64(ovt)), "poller p50 / overtime p50")
 	}
 	return nil
+}
+
+// finishKill waits up to wait for every root of run to exit, reports the
+// kill latencies under name, checks that the agent's table drains, and
+// returns the latencies.
+func finishKill(b *bench, a *agent, run *killRun, name string, timeout, wait time.Duration) ([]time.Duration, error) {
+	lat, early, unnamed, notKilled, err := run.latencies(timeout, wait)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(200 * time.Millisecond) // let the last exit events land
+	m, err := a.metrics()
+	if err != nil {
+		return nil, err
+	}
+	reportKill(b, name, lat, m, early, unnamed, notKilled)
+	// Killed members stay in the table until their parent reaps them;
+	// orphans wait for PID 1.
+	procs, drain, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	b.out.check(name+"_table_after", fmt.Sprintf("%d processes", len(procs)),
+		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", drain.Round(100*time.Millisecond)), len(procs) == 0)
+	if len(procs) > 0 {
+		b.out.note("left in the table: %s", stateCounts(procs))
+	}
+	return lat, nil
 }
 
 // reportKill prints the latency figures of one batch: measured by the
@@ -360,23 +371,8 @@ func memoryAndKill10k(b *bench) error {
 			"anon / file-backed / of which the ring buffer's double mapping")
 	}
 
-	lat, early, unnamed, notKilled, err := run.latencies(timeout, timeout+spreadOver+30*time.Second)
-	if err != nil {
-		return err
-	}
-	time.Sleep(200 * time.Millisecond)
-	m, err := a.metrics()
-	if err != nil {
-		return err
-	}
-	reportKill(b, "kill_10k", lat, m, early, unnamed, notKilled)
-	// The table drains when the last zombie timers fire.
-	left, _, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
-	if err != nil {
-		return err
-	}
-	b.out.check("kill_10k_table_after", fmt.Sprintf("%d processes", len(left)), "0", len(left) == 0)
-	return nil
+	_, err = finishKill(b, a, run, "kill_10k", timeout, timeout+spreadOver+30*time.Second)
+	return err
 }
 
 // rssParts splits the agent's RSS: anonymous memory, file-backed
