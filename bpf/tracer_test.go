@@ -805,6 +805,16 @@ func TestExecHold(t *testing.T) {
 
 	cmd = exec.Command(free)
 	start(t, cmd)
+	if !endsWithin(t, cmd, 5*time.Second) {
+		t.Fatal("a comm that is not held was stopped")
+	}
+}
+
+// endsWithin reports whether a started cmd exits within d, failing the
+// test if it exits with an error. One still running then (stopped, say)
+// is killed and waited for.
+func endsWithin(t *testing.T, cmd *exec.Cmd, d time.Duration) bool {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
@@ -812,8 +822,11 @@ func TestExecHold(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a comm that is not held was stopped")
+		return true
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		<-done
+		return false
 	}
 }
 
@@ -1073,15 +1086,7 @@ func TestNoHoldWithAControllingTerminal(t *testing.T) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	start(t, cmd)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
+	if !endsWithin(t, cmd, 5*time.Second) {
 		t.Fatal("a candidate with a controlling terminal was held")
 	}
 	ex := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(cmd.Process.Pid) })

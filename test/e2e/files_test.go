@@ -51,18 +51,8 @@ func (cg *testCgroup) launch(t *testing.T, dir string, env []string, argv ...str
 		t.Fatal(err)
 	}
 	r.Close()
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
-	l.proc = p
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-			<-p.done
-		}
-		l.closeInput()
-	})
+	t.Cleanup(l.closeInput) // after watch's kill: cleanups run last first
+	l.proc = watch(t, cmd)
 	return l
 }
 

@@ -153,6 +153,12 @@ func (cg *testCgroup) start(t *testing.T, dir string, script string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return watch(t, cmd)
+}
+
+// watch waits for a started cmd (its own process group) in the background;
+// whatever is left of the group is killed at the end of the test.
+func watch(t *testing.T, cmd *exec.Cmd) *proc {
 	p := &proc{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
