@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"overtime/internal/hostns"
 )
 
 // These tests run against the real kernel and need root. Every process
@@ -39,6 +41,7 @@ func TestMain(m *testing.M) {
 		threadsHelper()
 		return
 	}
+	hostns.PrepareTestBinary()
 	os.Exit(m.Run())
 }
 

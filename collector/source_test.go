@@ -17,7 +17,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"overtime/bpf"
+	"overtime/internal/hostns"
 )
+
+func TestMain(m *testing.M) {
+	hostns.PrepareTestBinary()
+	os.Exit(m.Run())
+}
 
 // Real-kernel tests: root needed. Every process started is waited for;
 // every file lives in a t.TempDir.

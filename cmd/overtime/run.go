@@ -22,6 +22,7 @@ import (
 	"overtime/bpf"
 	"overtime/collector"
 	"overtime/enforcer"
+	"overtime/internal/hostns"
 )
 
 type runFlags struct {
@@ -70,12 +71,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 
 	// Before anything else runs: cgroup paths and moves are only right from
-	// the host's cgroup namespace (this may re-execute the binary).
-	if err := enforcer.JoinHostCgroupNamespace("/proc"); errors.Is(err, enforcer.ErrHostCgroupNSUnknown) {
+	// the host's cgroup namespace, and tracepoints attach through tracefs,
+	// which the agent mounts in a mount namespace of its own when the node
+	// has none (this may re-execute the binary).
+	done, err := hostns.Prepare("/proc")
+	switch {
+	case errors.Is(err, hostns.ErrHostCgroupNSUnknown):
 		log.Warn("running in the cgroup namespace the agent was started in", "err", err)
-	} else if err != nil {
-		log.Error("cannot run in the host cgroup namespace", "err", err)
+	case err != nil:
+		log.Error("cannot prepare the agent's namespaces", "err", err)
 		return exitFailure
+	}
+	if done.JoinedCgroupNS {
+		log.Info("joined the host cgroup namespace")
+	}
+	if done.MountedTracefs {
+		log.Info("tracefs was not mounted: mounted it in the agent's own mount namespace", "path", hostns.TracefsDir)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

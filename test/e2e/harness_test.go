@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -252,9 +253,19 @@ func startAgent(t *testing.T, config string, extra ...string) *agentProc {
 
 func startAgentFile(t *testing.T, cfgPath string, extra ...string) *agentProc {
 	t.Helper()
+	a := launchAgent(t, nil, cfgPath, extra...)
+	a.waitReady()
+	return a
+}
+
+// launchAgent starts `overtime run` through the wrapper command (which ends
+// by exec'ing its arguments; none: the binary itself) without waiting.
+func launchAgent(t *testing.T, wrapper []string, cfgPath string, extra ...string) *agentProc {
+	t.Helper()
 	a := &agentProc{t: t, addr: freeAddr(t), logs: &syncBuffer{}, done: make(chan struct{})}
 	args := append([]string{"run", "--config", cfgPath, "--listen", a.addr, "--log-format", "json", "--log-level", "debug"}, extra...)
-	a.cmd = exec.Command(binary, args...)
+	argv := append(append(slices.Clone(wrapper), binary), args...)
+	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -271,6 +282,13 @@ func startAgentFile(t *testing.T, cfgPath string, extra ...string) *agentProc {
 			t.Logf("agent log:\n%s", a.logs.String())
 		}
 	})
+	return a
+}
+
+// waitReady waits for /readyz, failing the test when the agent exits first.
+func (a *agentProc) waitReady() {
+	t := a.t
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -281,13 +299,12 @@ func startAgentFile(t *testing.T, cfgPath string, extra ...string) *agentProc {
 		if resp, err := http.Get("http://" + a.addr + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return a
+				return
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("agent not ready in 20s:\n%s", a.logs.String())
-	return nil
 }
 
 // stop ends the agent gracefully (SIGTERM) and returns its exit code.
