@@ -86,7 +86,7 @@ func killTreeTest(t *testing.T, v1 bool, mode string) {
 	}
 }
 
-func TestKillTreeV2(t *testing.T) { killTreeTest(t, false, ModeHybrid) }
+func TestKillTreeV2(t *testing.T) { killTreeTest(t, false, v2Mode) }
 
 func TestKillTreeV1Freezer(t *testing.T) { killTreeTest(t, true, ModeLegacy) }
 
@@ -109,7 +109,7 @@ func (f failAdd) add(group string, pid int) error {
 // is still killed through its pidfd.
 func TestChildrenForkedBeforeMoveStayOutside(t *testing.T) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	root := start(t, p, treeScript)
 	kids := children(t, root.pid, 2)
 	name := treeName(t, e)
@@ -152,7 +152,7 @@ func TestChildrenForkedBeforeMoveStayOutside(t *testing.T) {
 // move: this is what the previous test guards against.
 func TestKillWithoutChildrenMissesThem(t *testing.T) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	root := start(t, p, treeScript)
 	kids := children(t, root.pid, 2)
 	name := treeName(t, e)
@@ -170,7 +170,7 @@ func TestKillWithoutChildrenMissesThem(t *testing.T) {
 
 func TestPIDReuseGuard(t *testing.T) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	q := start(t, p, "exec sleep 100")
 	waitForComm(t, q.pid, "sleep")
 	name := treeName(t, e)
@@ -197,7 +197,7 @@ func TestPIDReuseGuard(t *testing.T) {
 
 func TestReleaseGivesMembersBack(t *testing.T) {
 	for _, v1 := range []bool{false, true} {
-		mode := ModeHybrid
+		mode := v2Mode
 		if v1 {
 			mode = ModeLegacy
 		}
@@ -230,13 +230,13 @@ func TestReleaseGivesMembersBack(t *testing.T) {
 // first left, kills through it and removes it.
 func TestAdoptAfterCrash(t *testing.T) {
 	p := newParent(t, false)
-	e1 := newEnforcer(t, ModeHybrid)
+	e1 := newEnforcer(t, v2Mode)
 	root := start(t, p, treeScript)
 	kids := children(t, root.pid, 2)
 	name := treeName(t, e1)
 	confine(t, e1, name, root, kids[0], kids[1])
 
-	e2 := newEnforcer(t, ModeHybrid)
+	e2 := newEnforcer(t, v2Mode)
 	t.Cleanup(func() { _ = e2.Release(name) })
 	found, err := e2.Adopt()
 	if err != nil {
@@ -310,7 +310,7 @@ func TestParseCgroupFile(t *testing.T) {
 // hands out in this PID namespace.
 func TestReusedPIDNeverSignalled(t *testing.T) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	victim := start(t, p, "exec sleep 1000")
 	waitForComm(t, victim.pid, "sleep")
 	name := treeName(t, e)
@@ -378,7 +378,7 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 // forked a moment before the kill would be.
 func TestKillSweepsTheCgroup(t *testing.T) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	root := start(t, p, "exec sleep 100")
 	stranger := start(t, p, "exec sleep 100")
 	name := treeName(t, e)

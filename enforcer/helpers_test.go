@@ -15,10 +15,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const (
-	v2Mount = "/sys/fs/cgroup/unified"
-	v1Mount = "/sys/fs/cgroup/freezer"
-)
+const v1Mount = "/sys/fs/cgroup/freezer"
+
+// v2Mount and v2Mode are this node's cgroup v2 hierarchy and the mode that
+// drives it: /sys/fs/cgroup/unified on a hybrid node, /sys/fs/cgroup on a
+// pure v2 one; "" on a pure v1 node. v2Unusable says why the enforcer
+// cannot drive it (a kernel without cgroup.kill), "" when it can.
+var v2Mount, v2Mode, v2Unusable = findV2()
+
+func findV2() (mount, mode, unusable string) {
+	for _, c := range []struct{ mount, mode string }{
+		{defaultV2Hybrid, ModeHybrid},
+		{defaultV2Unified, ModeUnified},
+	} {
+		var st unix.Statfs_t
+		if unix.Statfs(c.mount, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			mount, mode = c.mount, c.mode
+			break
+		}
+	}
+	if mount == "" {
+		return "", "", "no cgroup v2 mount (a pure v1 node)"
+	}
+	if ok, rel, err := kernelAtLeast(5, 14); err == nil && !ok {
+		unusable = "kernel " + rel + " has no cgroup.kill (5.14): the enforcer drives the v1 freezer here"
+	}
+	return mount, mode, unusable
+}
 
 // treeScript is a root that ignores TERM through a trap (children do not
 // inherit a trap, unlike an ignored signal) with two sleeping children.
@@ -52,6 +75,8 @@ func newParent(t *testing.T, v1 bool) testParent {
 	mount := v2Mount
 	if v1 {
 		mount = v1Mount
+	} else if v2Unusable != "" {
+		t.Skip(v2Unusable)
 	}
 	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
 		t.Skipf("no cgroup hierarchy at %s", mount)

@@ -36,7 +36,7 @@ func writeFile(t *testing.T, p string, n int) {
 // root), so the tree has a filesystem view.
 func viewTree(t *testing.T) (*Enforcer, string) {
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	q := start(t, p, "exec sleep 100")
 	name := treeName(t, e)
 	confine(t, e, name, q)
@@ -302,7 +302,7 @@ func TestRemoveInMountNamespace(t *testing.T) {
 		t.Skip("no unshare")
 	}
 	p := newParent(t, false)
-	e := newEnforcer(t, ModeHybrid)
+	e := newEnforcer(t, v2Mode)
 	dir := filepath.Join(t.TempDir(), "mnt")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -35,6 +35,12 @@ func TestMain(m *testing.M) {
 		fmt.Println("e2e: skipped, needs root (eBPF, cgroups)")
 		os.Exit(0)
 	}
+	// In a test VM (test/vm) there is no Go toolchain: the runner builds
+	// the agent on the host and names it here.
+	if b := os.Getenv(AgentBinEnv); b != "" {
+		binary = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "overtime-e2e-bin")
 	if err != nil {
 		panic(err)
@@ -51,18 +57,55 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// cgroupRoot is the cgroup v2 mount: /sys/fs/cgroup/unified on a hybrid
-// node, /sys/fs/cgroup on a pure v2 one.
-func cgroupRoot(t *testing.T) string {
+// AgentBinEnv names a prebuilt overtime binary to test instead of building
+// one; PrebuiltEnv a directory of the helper C programs compiled ahead
+// (both set by the VM runner, whose guests have no compilers).
+const (
+	AgentBinEnv = "OVERTIME_AGENT_BIN"
+	PrebuiltEnv = "OVERTIME_PREBUILT_DIR"
+)
+
+// cgroupRoot is the hierarchy the agent puts trees in: the cgroup v2 mount
+// (/sys/fs/cgroup/unified on a hybrid node, /sys/fs/cgroup on a pure v2
+// one), or the v1 freezer on a pure v1 node (v1 true).
+func cgroupRoot(t *testing.T) (root string, v1 bool) {
 	t.Helper()
-	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		var st syscall.Statfs_t
-		if syscall.Statfs(p, &st) == nil && st.Type == 0x63677270 { // CGROUP2_SUPER_MAGIC
-			return p
+	// Before 5.14 (no cgroup.kill) the agent drives the v1 freezer even
+	// where v2 is mounted beside it (hybrid).
+	if hasCgroupKill(t) {
+		for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+			var st syscall.Statfs_t
+			if syscall.Statfs(p, &st) == nil && st.Type == 0x63677270 { // CGROUP2_SUPER_MAGIC
+				return p, false
+			}
 		}
 	}
-	t.Fatal("no cgroup v2 mount")
-	return ""
+	var st syscall.Statfs_t
+	if syscall.Statfs("/sys/fs/cgroup/freezer", &st) == nil && st.Type == 0x27e0eb { // CGROUP_SUPER_MAGIC
+		return "/sys/fs/cgroup/freezer", true
+	}
+	t.Fatal("no cgroup v2 mount and no v1 freezer")
+	return "", false
+}
+
+// hasCgroupKill: the kernel is 5.14 or later.
+func hasCgroupKill(t *testing.T) bool {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var rel []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		rel = append(rel, byte(c))
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(string(rel), "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", rel, err)
+	}
+	return major > 5 || major == 5 && minor >= 14
 }
 
 // testCgroup makes a cgroup of the test's own, removed (with any overtime
@@ -70,29 +113,44 @@ func cgroupRoot(t *testing.T) string {
 type testCgroup struct {
 	dir  string // absolute directory
 	path string // the cgroup path, as /proc/PID/cgroup shows it
+	v1   bool   // a v1 freezer cgroup (a pure v1 node)
+}
+
+// kill ends every process in dir: cgroup.kill on v2; on the v1 freezer,
+// freeze, SIGKILL each member, thaw.
+func (cg *testCgroup) kill(dir string) {
+	if !cg.v1 {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("FROZEN"), 0)
+	for _, pid := range readPids(filepath.Join(dir, "cgroup.procs")) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0)
 }
 
 func newTestCgroup(t *testing.T) *testCgroup {
 	t.Helper()
-	root := cgroupRoot(t)
+	root, v1 := cgroupRoot(t)
 	name := fmt.Sprintf("overtime-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
 	dir := filepath.Join(root, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cg := &testCgroup{dir: dir, path: "/" + name}
+	cg := &testCgroup{dir: dir, path: "/" + name, v1: v1}
 	t.Cleanup(func() {
 		// Kill what is left (only processes in our own cgroup, and in the
 		// tree cgroups an agent made in it), then remove. A running agent
 		// may still be making a tree cgroup: retry.
 		var err error
 		for try := 0; try < 50; try++ {
-			_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+			cg.kill(dir)
 			entries, _ := os.ReadDir(dir)
 			for _, e := range entries {
 				if e.IsDir() {
 					sub := filepath.Join(dir, e.Name())
-					_ = os.WriteFile(filepath.Join(sub, "cgroup.kill"), []byte("1"), 0)
+					cg.kill(sub)
 					waitEmpty(sub)
 					_ = os.Remove(sub)
 				}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	_ "embed"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,34 +21,29 @@ import (
 
 // hang: note its PID in $OVT_STARTED as its first act (so a process that
 // was stopped at exec and killed never shows up there), then hang.
-const hangC = `#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(void) {
-	char b[32];
-	int n = snprintf(b, sizeof b, "%d\n", getpid());
-	int fd = open(getenv("OVT_STARTED"), O_WRONLY | O_APPEND | O_CREAT, 0644);
-	if (fd >= 0) { write(fd, b, n); close(fd); }
-	for (;;) pause();
-}
-`
+//
+//go:embed testdata/hang.c
+var hangC string
 
 // manager: spawn argv[2..] every argv[1] ms, never wait for any child.
-const managerC = `#include <stdlib.h>
-#include <unistd.h>
-#include <time.h>
-int main(int argc, char **argv) {
-	struct timespec ts = {0, atoi(argv[1]) * 1000000L};
-	for (;;) {
-		if (fork() == 0) { execv(argv[2], argv + 2); _exit(127); }
-		nanosleep(&ts, 0);
-	}
-}
-`
+//
+//go:embed testdata/manager.c
+var managerC string
 
 func compileC(t *testing.T, dir, name, src string) string {
 	t.Helper()
+	if pre := os.Getenv(PrebuiltEnv); pre != "" {
+		// Compiled ahead (static) from testdata/NAME.c by the VM runner.
+		b, err := os.ReadFile(filepath.Join(pre, name))
+		if err != nil {
+			t.Fatalf("prebuilt %s: %v", name, err)
+		}
+		out := filepath.Join(dir, name)
+		if err := os.WriteFile(out, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
 	c := filepath.Join(dir, name+".c")
 	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -122,7 +118,7 @@ func TestLonghornPileUp(t *testing.T) {
 	mA := cgA.start(t, dir, args(filepath.Join(dir, "started-a")))
 	time.Sleep(3 * time.Second)
 	withoutLive, withoutZombies := liveEngines(t, engineBin)
-	_ = os.WriteFile(filepath.Join(cgA.dir, "cgroup.kill"), []byte("1"), 0)
+	cgA.kill(cgA.dir)
 	mA.waitDone(5 * time.Second)
 	eventually(t, 15*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
 	t.Logf("without overtime, after 3s: %d live longhorn engines, %d zombies", withoutLive, withoutZombies)
