@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// testRun is one test binary run in a guest.
+type testRun struct {
+	pkg     string // import path below the module: bpf, enforcer, test/e2e
+	bin     string // the binary built by go test -c
+	agent   bool   // needs a node the agent accepts (cgroups it can drive)
+	run     string // -test.run
+	skip    string // -test.skip; "^$" for none
+	timeout string // -test.timeout
+}
+
+// testSet is what every cell runs: smoke in `make test`, full in
+// `make test-kernels`.
+type testSet struct {
+	name        string
+	runs        []testRun
+	cellTimeout time.Duration // a hung or crashed guest fails its cell after this
+}
+
+// notInVMs are tests left out of the guests, and why; the README lists them.
+var notInVMs = [][2]string{
+	{"bpf TestGeneratedUpToDate", "rebuilds the eBPF objects: needs clang and go (host only)"},
+	{"test/e2e TestBorgLockRemovedAfterKill", "borg is a Python program, not in the initramfs"},
+	{"test/e2e prometheus, observe tests", "need promtool, prometheus, helm (host only)"},
+	{"test/e2e TestLostEventsResync, TestReloadOnSIGHUP, TestHTTPReadOnly", "not kernel-facing beyond the tests run (host only)"},
+}
+
+const (
+	e2eCore  = "TestTreeEndsAtDeadlinePlusGrace|TestRestartKeepsRealDeadline|TestCrashAdoption|TestShortLivedLeaveNoTrace|TestBadConfigExit2|TestCrashMidKill"
+	e2eFiles = "TestCleanupRemovesOnlyWhatTheTreeCreated|TestCleanupInTheTreesMountNamespace|TestResticLockRemovedAfterKill|TestMonitorModeOnlyReports|TestFileTracingOnDemand"
+	e2eMore  = "TestLonghornPileUp|TestCapEndsTheNewerAtExec|TestForkingTreeDiesWhole|TestStoppedTreeEnds"
+)
+
+var sets = map[string]testSet{
+	// The tracer's exec/fork/exit, the kill of a tree that ignores TERM
+	// (through the enforcer and through the agent), one cleanup, one
+	// capped exec.
+	"smoke": {
+		name: "smoke",
+		runs: []testRun{
+			{"bpf", "bpf.test", false, "^(TestExecFilter|TestForkExitReap)$", "^$", "5m"},
+			{"enforcer", "enforcer.test", true, "^(TestKillTreeV2|TestKillTreeV1Freezer)$", "^$", "5m"},
+			{"test/e2e", "e2e.test", true, "^(TestTreeEndsAtDeadlinePlusGrace|TestResticLockRemovedAfterKill|TestCapEndsTheNewerAtExec)$", "^$", "8m"},
+		},
+		cellTimeout: 12 * time.Minute,
+	},
+	"full": {
+		name: "full",
+		runs: []testRun{
+			{"bpf", "bpf.test", false, ".", "^TestGeneratedUpToDate$", "20m"},
+			{"enforcer", "enforcer.test", true, ".", "^$", "10m"},
+			{"test/e2e", "e2e.test", true, "^(" + e2eCore + "|" + e2eFiles + "|" + e2eMore + ")$", "^$", "30m"},
+		},
+		cellTimeout: 50 * time.Minute,
+	},
+}
+
+// planFile is the set as the guest's init reads it.
+func planFile(s testSet) []byte {
+	var b strings.Builder
+	for _, r := range s.runs {
+		needs := "-"
+		if r.agent {
+			needs = "agent"
+		}
+		fmt.Fprintf(&b, "%s %s %s %s %s %s\n", r.pkg, r.bin, needs, r.run, r.skip, r.timeout)
+	}
+	return []byte(b.String())
+}
+
+// layouts are the cgroup layouts a guest's init can mount.
+var layouts = []string{"v2", "v1", "hybrid"}
+
+var layoutNames = map[string]string{
+	"v2":     "pure v2 at /sys/fs/cgroup",
+	"v1":     "pure v1 (freezer, cpu, memory, pids; no v2 mounted)",
+	"hybrid": "hybrid (v1 controllers, v2 at /sys/fs/cgroup/unified)",
+}
+
+// refusals are the cells where the agent refuses to start, on purpose:
+// the README documents each with the reason the agent prints.
+var refusals = map[string]string{
+	"5.10/v2": "has no cgroup.kill (needs 5.14)",
+}
