@@ -75,7 +75,9 @@ else
 fi
 
 export OVERTIME_AGENT_BIN=/opt/ovt/overtime OVERTIME_PREBUILT_DIR=/opt/ovt/cbin OVERTIME_REQUIRE_TOOLS=1
-# Plan lines: package binary needs-agent run-regexp skip-regexp timeout
+# Plan lines: package binary needs-agent run-regexp skip-regexp timeout.
+# needs-agent "agent": run only where the agent starts (it loads the same
+# eBPF programs and drives the same cgroups as the tests).
 while read -r pkg bin needs run skip timeout; do
 	case $pkg in '' | '#'*) continue ;; esac
 	if [ $needs = agent ] && [ $started != yes ]; then

@@ -228,14 +228,15 @@ func (c *cell) finish(require bool) {
 	c.status = "PASS"
 	state := "agent starts"
 	if r.refused != "" {
-		want, documented := refusals[c.key()]
+		want, documented := refusal(c.key())
 		if documented && strings.Contains(r.refused, want) {
 			c.status = "REFUSED"
 			state = "agent refuses as documented: " + r.refused
 		} else {
-			problems = append(problems, "agent refused: "+r.refused)
+			state = "agent refuses"
+			problems = append(problems, "agent refused: "+clip(r.refused, 400))
 		}
-	} else if want, ok := refusals[c.key()]; ok && r.done {
+	} else if want, ok := refusal(c.key()); ok && r.done {
 		problems = append(problems, "agent started where it should refuse ("+want+")")
 	}
 	if nf > 0 || len(problems) > 0 {
@@ -390,6 +391,15 @@ func capsSummary(s string) string {
 		}
 	}
 	return "yes: " + orNone(yes) + "; no: " + orNone(no)
+}
+
+// clip shortens s to n bytes (a verifier log can run to megabytes).
+func clip(s string, n int) string {
+	s = strings.ReplaceAll(s, "\\n\\t", " ")
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 func orNone(s []string) string {
