@@ -28,9 +28,13 @@ done
 
 v1() {
 	mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
-	for c in freezer cpu,cpuacct memory pids; do
+	# The freezer is what the agent needs; the others are there as on a
+	# v1 node where the kernel still has them (6.12 may lack v1 memory).
+	mkdir -p /sys/fs/cgroup/freezer
+	mount -t cgroup -o freezer cgroup /sys/fs/cgroup/freezer || echo "@@OVT NOTE mount v1 freezer failed" >$out
+	for c in cpu,cpuacct memory pids; do
 		mkdir -p /sys/fs/cgroup/$c
-		mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || echo "@@OVT NOTE mount v1 $c failed" >$out
+		mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c 2>/dev/null || rmdir /sys/fs/cgroup/$c
 	done
 }
 case $layout in
@@ -71,7 +75,11 @@ if [ $started = yes ]; then
 else
 	kill -KILL $agent 2>/dev/null
 	wait $agent
-	echo "@@OVT REFUSED $(grep -v '^$' /tmp/agent.log | tail -n 1)" >$out
+	# One line: the start of the error and its end (a verifier log can run
+	# to megabytes; its last lines say what was refused).
+	log=$(tr '\n\t' '  ' </tmp/agent.log)
+	# printf, not echo: dash's echo would expand the log's \\n.
+	printf '@@OVT REFUSED %s ... %s\n' "$(printf '%s' "$log" | cut -c1-800)" "$(printf '%s' "$log" | tail -c 800)" >$out
 fi
 
 export OVERTIME_AGENT_BIN=/opt/ovt/overtime OVERTIME_PREBUILT_DIR=/opt/ovt/cbin OVERTIME_REQUIRE_TOOLS=1

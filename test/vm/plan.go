@@ -89,6 +89,9 @@ var layoutNames = map[string]string{
 // starts where a refusal is listed fails, so the list cannot go stale.
 // Keyed by KERNEL/LAYOUT, or KERNEL/* for every layout.
 var refusals = map[string]string{
+	// By design: pure v2 before 5.14 has no cgroup.kill (checked before
+	// the eBPF programs load).
+	"5.10/v2": "has no cgroup.kill (needs 5.14)",
 	// The exit program's __sync_fetch_and_or is a BPF atomic fetch
 	// operation, which the verifier accepts from 5.12 on.
 	"5.10/*": "BPF_STX uses reserved fields",
