@@ -61,7 +61,9 @@ func TestRefusals(t *testing.T) {
 		kernel, layout, refused string
 		want                    string
 	}{
-		{"5.10", "v2", "err=... BPF_STX uses reserved fields ...", "REFUSED"},
+		{"5.10", "v1", "err=... BPF_STX uses reserved fields ...", "REFUSED"},
+		{"5.10", "v2", "err=... has no cgroup.kill (needs 5.14)", "REFUSED"},
+		{"5.10", "v2", "err=... BPF_STX uses reserved fields ...", "FAIL"},
 		{"6.12", "v2", "err=... BPF_STX uses reserved fields ...", "FAIL"},
 		{"5.10", "hybrid", "", "FAIL"},
 		{"6.12", "hybrid", "", "PASS"},
