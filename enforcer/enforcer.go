@@ -92,6 +92,7 @@ func New(opts Options) (*Enforcer, error) {
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
+	routeLibraryLogs(e.log)
 	if strings.ContainsAny(e.prefix, "/\x00") || e.prefix == "." || e.prefix == ".." {
 		return nil, fmt.Errorf("enforcer prefix %q: must be a plain name", e.prefix)
 	}
