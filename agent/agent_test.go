@@ -43,6 +43,10 @@ func TestExecMatchTracksAndConfines(t *testing.T) {
 	if calls := h.enf.callList(); !slices.Equal(calls, want) {
 		t.Fatalf("enforcer calls = %v, want %v", calls, want)
 	}
+	// Decided: off the kernel's hold record, so the guard leaves it alone.
+	if !slices.Equal(h.src.holdsDone, []int{100}) {
+		t.Fatalf("hold record cleared for %v, want [100]", h.src.holdsDone)
+	}
 }
 
 func TestDeadlineSignalThenKillThenEnd(t *testing.T) {
@@ -442,6 +446,11 @@ func TestHeldExecsAreResumedUnlessCapped(t *testing.T) {
 	want := []string{"resume 100", "resume 101", "kill " + treeName("restic", 102, 0)}
 	if !slices.Equal(got, want) {
 		t.Fatalf("calls = %v, want %v", got, want)
+	}
+	// Each held one is taken off the kernel's hold record once decided,
+	// the capped one too (it is ended: the guard must not resume it).
+	if !slices.Equal(h.src.holdsDone, []int{100, 101, 102}) {
+		t.Fatalf("hold record cleared for %v, want [100 101 102]", h.src.holdsDone)
 	}
 }
 

@@ -53,6 +53,7 @@ type fakeSource struct {
 	// reapedPIDs are gone from procfs (Reaped).
 	reapedPIDs map[int]bool
 	skipped    uint64 // ScanSkipped
+	holdsDone  []int  // HoldDone calls, in order
 }
 
 func newFakeSource() *fakeSource {
@@ -141,6 +142,15 @@ func (s *fakeSource) FilesEnabled() bool {
 	defer s.mu.Unlock()
 	return s.filesOn
 }
+
+func (s *fakeSource) HoldDone(pid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holdsDone = append(s.holdsDone, pid)
+	return nil
+}
+
+func (s *fakeSource) HoldsExpired() uint64 { return 0 }
 
 func (s *fakeSource) Pending() ([]int, error) {
 	s.mu.Lock()

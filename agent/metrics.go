@@ -172,13 +172,21 @@ func descName(d *prometheus.Desc) string {
 var scanSkippedDesc = prometheus.NewDesc("overtime_scan_skipped_processes_total",
 	"Processes that procfs scans (start-up, resync) left out because they could not be read, other than by exiting.", nil, nil)
 
-// scanCollector reads the source's count of skipped processes at scrape time.
+var holdsExpiredDesc = prometheus.NewDesc("overtime_holds_expired_total",
+	"Processes the kernel stopped at exec that were resumed at the hold bound because the agent did not decide in time (it was down or stalled).", nil, nil)
+
+// scanCollector reads the source's counts (processes scans skipped, holds
+// that expired) at scrape time.
 type scanCollector struct{ src Source }
 
-func (c scanCollector) Describe(ch chan<- *prometheus.Desc) { ch <- scanSkippedDesc }
+func (c scanCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- scanSkippedDesc
+	ch <- holdsExpiredDesc
+}
 
 func (c scanCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(scanSkippedDesc, prometheus.CounterValue, float64(c.src.ScanSkipped()))
+	ch <- prometheus.MustNewConstMetric(holdsExpiredDesc, prometheus.CounterValue, float64(c.src.HoldsExpired()))
 }
 
 type tableCollector struct {

@@ -36,6 +36,12 @@ type Source interface {
 	DisableFiles() (bool, error)
 	// FilesEnabled reports whether file changes are reported.
 	FilesEnabled() bool
+	// HoldDone takes pid, stopped by the kernel at exec, off the kernel's
+	// hold record once it is resumed or ended (else the guard resumes it at
+	// the hold bound).
+	HoldDone(pid int) error
+	// HoldsExpired counts the held processes the guard resumed at the bound.
+	HoldsExpired() uint64
 	// Pending lists exec candidates the kernel tracks that the agent has
 	// neither tracked nor untracked (their exec records were lost).
 	Pending() ([]int, error)

@@ -26,7 +26,8 @@ const calibrateTimeout = 2 * time.Second
 // open and clear on both reopens. Anything else is an error; the caller then
 // treats only O_EXCL as proof of creation.
 //
-// Calibrate tracks the calling process for the duration and reads the ring
+// Calibrate attaches the file programs and leaves them attached; it tracks
+// the calling process for the duration and reads the ring
 // buffer itself: call it before the consumer starts calling Read, never
 // concurrently with Read. Records of other processes read meanwhile are not
 // lost: they are kept and delivered, in order, by the following Reads.
@@ -36,13 +37,12 @@ func (t *Tracer) Calibrate(dir string) (mask uint32, err error) {
 	if _, err := os.Lstat(path); err == nil {
 		return 0, fmt.Errorf("calibrate: %s already exists", path)
 	}
-	if !t.FilesEnabled() {
-		if err := t.EnableFiles(); err != nil {
-			return 0, fmt.Errorf("calibrate: %w", err)
-		}
-		// Detached again when nothing else is tracked; if something is,
-		// they stay, as its tracker wants.
-		defer t.DisableFiles()
+	// The file programs stay attached afterwards: detaching runs for about
+	// a second in the background, and an attach meanwhile waits for it in
+	// the kernel, so the first engine after start would be held that long.
+	// The caller detaches them when it has nothing to trace.
+	if err := t.EnableFiles(); err != nil {
+		return 0, fmt.Errorf("calibrate: %w", err)
 	}
 	wasTracked := t.tracked(pid)
 	if !wasTracked {

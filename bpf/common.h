@@ -303,6 +303,33 @@ struct {
 	__type(value, struct tracked_val);
 } tracked SEC(".maps");
 
+/* holds: the processes the exec program stopped (SIGSTOP) and user space
+ * has not decided on yet, with their start time and when they were
+ * stopped (boot clock, ns). A process is held only if it fits here, so
+ * every stop is on record. The agent deletes an entry when it resumes or
+ * ends the process; a guard process that outlives the agent resumes any
+ * entry older than the hold bound (see cmd/overtime/guard.go). */
+struct held_val {
+	__u64 born; /* task start_boottime */
+	__u64 at;   /* bpf_ktime_get_boot_ns() at the stop */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct held_val);
+} holds SEC(".maps");
+
+/* holds_expired[0]: how many holds the guard ended at the bound (written
+ * from user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} holds_expired SEC(".maps");
+
 /* Variable-length records are built here, then copied to the ring buffer
  * with their real length. Tracepoint programs do not nest on a CPU. */
 union scratch {

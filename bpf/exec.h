@@ -50,8 +50,20 @@ int tp_exec(struct trace_event_raw_sched_process_exec *ctx)
 		 * the job in the background. Its first files may go unseen. */
 		if (!cfg->files_on && !BPF_CORE_READ(task, signal, tty))
 			hold = 1;
-		if (hold && bpf_send_signal(SIGSTOP_NR) == 0)
-			held = 1;
+		if (hold) {
+			/* On record first: a stop nobody knows of would last
+			 * forever if the agent died before reading this exec. */
+			struct held_val hv = {
+				.born = BPF_CORE_READ(task, group_leader, start_boottime),
+				.at = bpf_ktime_get_boot_ns(),
+			};
+			if (bpf_map_update_elem(&holds, &tgid, &hv, BPF_ANY) == 0) {
+				if (bpf_send_signal(SIGSTOP_NR) == 0)
+					held = 1;
+				else
+					bpf_map_delete_elem(&holds, &tgid);
+			}
+		}
 	}
 
 	union scratch *buf = scratch_buf();

@@ -29,6 +29,12 @@ type overtimeFileStash struct {
 	Path2  uint64
 }
 
+type overtimeHeldVal struct {
+	_    structs.HostLayout
+	Born uint64
+	At   uint64
+}
+
 type overtimeScratch struct {
 	_    structs.HostLayout
 	Exec struct {
@@ -68,6 +74,8 @@ const (
 	overtimeMapConfig            = "config"
 	overtimeMapEvents            = "events"
 	overtimeMapFileStash         = "file_stash"
+	overtimeMapHolds             = "holds"
+	overtimeMapHoldsExpired      = "holds_expired"
 	overtimeMapLost              = "lost"
 	overtimeMapScratch           = "scratch"
 	overtimeMapTracked           = "tracked"
@@ -163,13 +171,15 @@ type overtimeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type overtimeMapSpecs struct {
-	CommFilter *ebpf.MapSpec `ebpf:"comm_filter"`
-	Config     *ebpf.MapSpec `ebpf:"config"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	FileStash  *ebpf.MapSpec `ebpf:"file_stash"`
-	Lost       *ebpf.MapSpec `ebpf:"lost"`
-	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
-	Tracked    *ebpf.MapSpec `ebpf:"tracked"`
+	CommFilter   *ebpf.MapSpec `ebpf:"comm_filter"`
+	Config       *ebpf.MapSpec `ebpf:"config"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FileStash    *ebpf.MapSpec `ebpf:"file_stash"`
+	Holds        *ebpf.MapSpec `ebpf:"holds"`
+	HoldsExpired *ebpf.MapSpec `ebpf:"holds_expired"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	Tracked      *ebpf.MapSpec `ebpf:"tracked"`
 }
 
 // overtimeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -198,13 +208,15 @@ func (o *overtimeObjects) Close() error {
 //
 // It can be passed to loadOvertimeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type overtimeMaps struct {
-	CommFilter *ebpf.Map `ebpf:"comm_filter"`
-	Config     *ebpf.Map `ebpf:"config"`
-	Events     *ebpf.Map `ebpf:"events"`
-	FileStash  *ebpf.Map `ebpf:"file_stash"`
-	Lost       *ebpf.Map `ebpf:"lost"`
-	Scratch    *ebpf.Map `ebpf:"scratch"`
-	Tracked    *ebpf.Map `ebpf:"tracked"`
+	CommFilter   *ebpf.Map `ebpf:"comm_filter"`
+	Config       *ebpf.Map `ebpf:"config"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FileStash    *ebpf.Map `ebpf:"file_stash"`
+	Holds        *ebpf.Map `ebpf:"holds"`
+	HoldsExpired *ebpf.Map `ebpf:"holds_expired"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
+	Tracked      *ebpf.Map `ebpf:"tracked"`
 }
 
 func (m *overtimeMaps) Close() error {
@@ -213,6 +225,8 @@ func (m *overtimeMaps) Close() error {
 		m.Config,
 		m.Events,
 		m.FileStash,
+		m.Holds,
+		m.HoldsExpired,
 		m.Lost,
 		m.Scratch,
 		m.Tracked,

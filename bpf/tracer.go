@@ -177,7 +177,7 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 		overtimeMapCommFilter: t.objs.CommFilter, overtimeMapConfig: t.objs.Config,
 		overtimeMapEvents: t.objs.Events, overtimeMapFileStash: t.objs.FileStash,
 		overtimeMapLost: t.objs.Lost, overtimeMapScratch: t.objs.Scratch,
-		overtimeMapTracked: t.objs.Tracked,
+		overtimeMapTracked: t.objs.Tracked, overtimeMapHolds: t.objs.Holds, overtimeMapHoldsExpired: t.objs.HoldsExpired,
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spare, ebpf.CollectionOptions{MapReplacements: maps})
 	if err != nil {

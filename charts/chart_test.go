@@ -571,6 +571,7 @@ func TestDaemonSet(t *testing.T) {
 		"/etc/overtime":  {"", true},
 		"/sys/fs/cgroup": {"/sys/fs/cgroup", false},
 		"/sys/kernel":    {"/sys/kernel", true},
+		"/sys/fs/bpf":    {"/sys/fs/bpf", false},
 		"/tmp":           {"", false},
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -126,6 +126,20 @@ func (s *Source) Pending() ([]int, error) { return s.t.Pending() }
 // Scan lists the processes running now, from procfs.
 func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
 
+// HoldDone tells the kernel's hold record that pid, stopped at exec, was
+// resumed or ended.
+func (s *Source) HoldDone(pid int) error { return s.t.Holds().Done(pid) }
+
+// HoldsExpired counts the held processes the guard resumed at the hold
+// bound because nobody decided on them in time.
+func (s *Source) HoldsExpired() uint64 {
+	n, err := s.t.Holds().Expired()
+	if err != nil {
+		s.log.Debug("read expired holds", "err", err)
+	}
+	return n
+}
+
 // ScanSkipped counts the processes scans left out for a read error.
 func (s *Source) ScanSkipped() uint64 { return s.proc.Skipped() }
 

@@ -153,7 +153,13 @@ func waitExit(fd int, d time.Duration) bool {
 // Resume continues a process the kernel stopped at exec: SIGCONT through a
 // pidfd, once its start time proves the PID still names it.
 func (e *Enforcer) Resume(pid int, born time.Duration) error {
-	fd, err := openPidfd(e.procRoot, pid, born)
+	return Resume(e.procRoot, pid, born)
+}
+
+// Resume is Enforcer.Resume for a process that has no enforcer (the hold
+// guard), with procfs at procRoot.
+func Resume(procRoot string, pid int, born time.Duration) error {
+	fd, err := openPidfd(procRoot, pid, born)
 	if err != nil {
 		return fmt.Errorf("resume %d: %w", pid, err)
 	}

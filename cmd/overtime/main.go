@@ -40,6 +40,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdPs(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		return cmdVersion(stdout)
+	case guardCommand: // started by run, not by hand
+		return cmdGuard(args[1:], stderr)
 	case "defaults":
 		_, _ = stdout.Write(agent.DefaultConfigYAML())
 		return exitOK

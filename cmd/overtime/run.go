@@ -29,7 +29,7 @@ type runFlags struct {
 	config, listen, mode, logFormat, logLevel string
 	ringBuffer                                int
 	pprof                                     bool
-	filesIdle                                 time.Duration
+	filesIdle, holdBound                      time.Duration
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +44,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.ringBuffer, "ring-buffer-size", bpf.DefaultRingBufferSize, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
 	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
+	fs.DurationVar(&f.holdBound, "hold-bound", DefaultHoldBound, "resume a process the kernel stopped at exec after this long, whatever the agent is doing (even when it is down)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -58,6 +59,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if f.ringBuffer < 4096 || f.ringBuffer&(f.ringBuffer-1) != 0 {
 		fmt.Fprintf(stderr, "overtime run: --ring-buffer-size %d: must be a power of two of at least 4096\n", f.ringBuffer)
+		return exitUsage
+	}
+	if f.holdBound <= 0 {
+		fmt.Fprintf(stderr, "overtime run: --hold-bound %v: must be greater than 0\n", f.holdBound)
 		return exitUsage
 	}
 	if f.filesIdle <= 0 {
@@ -146,6 +151,17 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 		return fmt.Errorf("eBPF: %w", err)
 	}
 	defer tracer.Close()
+	// Before any process can be held at exec: the hold record on the
+	// node's bpffs (what an earlier agent left there is resumed), then the
+	// guard.
+	if err := pinHolds(tracer, log); err == nil {
+		defer tracer.UnpinHolds()
+	}
+	stopGuard, err := startGuard(ctx, tracer.Holds(), f.holdBound, f, log)
+	if err != nil {
+		return err
+	}
+	defer stopGuard()
 	src := collector.NewSource(tracer, procfs, log)
 
 	reg := prometheus.NewRegistry()
@@ -189,6 +205,36 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
 	return runErr
+}
+
+// holdsPinDir is where the hold record is pinned, on the node's bpffs.
+const holdsPinDir = "/sys/fs/bpf/overtime"
+
+// pinHolds pins the tracer's hold record and resumes the processes an
+// earlier agent left held (it and its guard were killed together).
+func pinHolds(tracer *bpf.Tracer, log *slog.Logger) error {
+	old, err := tracer.PinHolds(holdsPinDir)
+	switch {
+	case errors.Is(err, bpf.ErrNoBPFFS):
+		log.Info("hold record not pinned: /sys/fs/bpf is not a bpffs; if the agent and its guard are killed at the same moment, a process held at exec then stays stopped (mount the node's bpffs at /sys/fs/bpf)")
+	case err != nil:
+		log.Warn("hold record not pinned", "err", err)
+	}
+	var resumed uint64
+	for _, h := range old {
+		if err := enforcer.Resume("/proc", h.PID, h.Born); err != nil {
+			log.Debug("a process an earlier agent held is gone", "pid", h.PID, "err", err)
+			continue
+		}
+		resumed++
+		log.Warn("resumed a process an earlier agent left held at exec", "pid", h.PID)
+	}
+	if resumed > 0 {
+		if err := tracer.Holds().AddExpired(resumed); err != nil {
+			log.Warn("count expired holds", "err", err)
+		}
+	}
+	return err
 }
 
 // reloadOnHUP re-reads the config file on SIGHUP; a bad file keeps the
