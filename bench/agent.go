@@ -311,8 +311,27 @@ func (a *agent) logs(msg string) []logRecord {
 }
 
 // rss reads the agent's resident set size in bytes.
-func (a *agent) rss() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.pid()))
+func (a *agent) rss() (int64, error) { return rssOf(a.pid()) }
+
+// guardRSS reads the resident set size of the agent's hold guard (the
+// child process `overtime hold-guard`).
+func (a *agent) guardRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", a.pid(), a.pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if args := strings.Split(string(cmd), "\x00"); len(args) > 1 && args[1] == "hold-guard" {
+			return rssOf(pid)
+		}
+	}
+	return 0, fmt.Errorf("no hold guard among the agent's children")
+}
+
+func rssOf(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
@@ -325,7 +344,7 @@ func (a *agent) rss() (int64, error) {
 			}
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", a.pid())
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
 // cpu reads the agent's CPU time: utime+stime of /proc/PID/stat (clock

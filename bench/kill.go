@@ -360,6 +360,11 @@ func memoryAndKill10k(b *bench) error {
 	}
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", a.pid()))
 	b.out.info("memory_rss_idle", mib(rss0), "agent VmRSS before the trees")
+	if g, err := a.guardRSS(); err == nil {
+		b.out.info("memory_rss_hold_guard", mib(g), "VmRSS of the agent's hold guard process")
+	} else {
+		b.out.note("hold guard RSS: %v", err)
+	}
 	b.out.check("memory_rss_10k", mib(rss1), fmt.Sprintf("≤ 40 MiB, VmRSS tracking %d processes", procs), rss1 <= 40<<20)
 	b.out.info("memory_bytes_per_process", fmt.Sprintf("%.0f B", float64(rss1-rss0)/float64(procs)), "(RSS delta) / processes")
 	if heap > 0 {
