@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,12 @@ type Agent struct {
 	releases    chan *tree
 	releasing   sync.WaitGroup
 
+	// The last procfs scan (start-up or resync): records read after it
+	// may be older than it (see stale). scanned holds the start time of
+	// each process it saw alive, until no record older than it can come.
+	scanAt  time.Duration
+	scanned map[int]time.Duration
+
 	ready   atomic.Bool
 	pings   chan chan struct{}
 	reloads chan *Config
@@ -131,13 +138,14 @@ func (a *Agent) start() error {
 	if err != nil {
 		return err
 	}
+	scanAt := a.clock.Now()
 	procs, err := a.src.Scan()
 	if err != nil {
 		return err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.reconcile(procs, adopted)
+	a.reconcile(procs, adopted, scanAt)
 	if a.filesOn {
 		a.m.fileTracing.Set(1)
 	}
@@ -219,28 +227,40 @@ func (a *Agent) dropTree(t *tree) {
 	a.filesUnused(a.clock.Now())
 }
 
-// reconcile makes the table agree with a procfs scan: members that are gone
-// are retired, trees left in cgroups are adopted with their real deadlines,
-// and matching processes not yet tracked are added with their real start
-// time. It runs at start and after lost events.
-func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
+// reconcile makes the table agree with a procfs scan that began at scanAt:
+// members that are gone are retired, the others take the program the scan
+// found them running (an exec whose record was lost changes nothing else:
+// a member stays in its tree), trees left in cgroups are adopted with
+// their real deadlines, and matching processes not yet tracked are added
+// with their real start time. It runs at start and after lost events.
+func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int, scanAt time.Duration) {
 	now := a.clock.Now()
 	alive := make(map[int]*collector.Process, len(scan))
+	a.scanAt = scanAt
+	a.scanned = make(map[int]time.Duration, len(scan))
 	for i := range scan {
 		alive[scan[i].PID] = &scan[i]
+		if !scan[i].Zombie {
+			a.scanned[scan[i].PID] = scan[i].Born
+		}
 	}
 	// Retire members that are gone or whose PID now names another process,
-	// and mark exited the ones the scan found zombies (their exit was lost).
+	// mark exited the ones the scan found zombies (their exit was lost),
+	// and refresh what the others run.
 	for pid, p := range a.procs {
 		s, ok := alive[pid]
 		switch {
-		case !ok || s.Born != p.Born:
+		case !ok || !collector.SameBorn(s.Born, p.Born):
 			if !p.exited {
 				a.memberExited(p, now, p.status)
 			}
 			a.reaped(p)
-		case s.Zombie && !p.exited:
-			a.memberExited(p, now, p.status)
+		case s.Zombie:
+			if !p.exited {
+				a.memberExited(p, now, p.status)
+			}
+		case !p.exited:
+			a.refresh(p, s)
 		}
 	}
 	// Trees an earlier run of the agent left in their cgroups.
@@ -271,6 +291,38 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int) {
 		}
 	}
 }
+
+// refresh gives member p the program a scan found it running: its exec
+// record was lost, or it is newer than the record the table has. It stays
+// in its tree, with the tree's rule and deadline.
+func (a *Agent) refresh(p *proc, s *collector.Process) {
+	exe := s.Exe
+	same := s.Comm == p.Comm && slices.Equal(s.Args, p.Args)
+	if exe == "" && same {
+		// Unreadable now (ptrace rules), and the same program: keep the
+		// path the exec record gave.
+		exe = p.Exe
+	}
+	if same && exe == p.Exe {
+		return
+	}
+	a.log.Debug("member runs another program (found by a scan)",
+		a.procAttrs(p, "new_comm", s.Comm, "exe", exe, "args", s.Args)...)
+	p.Comm, p.Args, p.Exe = s.Comm, s.Args, exe
+}
+
+// stale reports whether a kernel record stamped at is older than the last
+// procfs scan: the scan saw the process after the record did, so the table
+// already has what the scan found. Lost records are noticed from a counter,
+// out of band, so records from before a resync's scan may still be read
+// after it.
+func (a *Agent) stale(at time.Duration) bool { return at < a.scanAt }
+
+// staleWindow bounds how much older than a record read after it another
+// record may be (the kernel stamps a record a moment before it takes its
+// place in the ring buffer): once a record stamped this long after the last
+// scan is read, none older than the scan can follow.
+const staleWindow = time.Second
 
 // adopt rebuilds a tree from a cgroup an earlier run created.
 func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process) {
@@ -484,6 +536,9 @@ func isGone(err error) bool {
 
 // handle applies one event to the table.
 func (a *Agent) handle(ev collector.Event) {
+	if a.scanned != nil && ev.Time > a.scanAt+staleWindow {
+		a.scanned = nil
+	}
 	switch ev.Type {
 	case collector.EventExec, collector.EventFork, collector.EventExit, collector.EventFile:
 		a.m.events.WithLabelValues(ev.Type.String()).Inc()
@@ -494,11 +549,11 @@ func (a *Agent) handle(ev collector.Event) {
 	case collector.EventFork:
 		a.onFork(ev)
 	case collector.EventExit:
-		if p, ok := a.procs[ev.PID]; ok && !p.exited {
+		if p, ok := a.member(ev); ok && !p.exited {
 			a.memberExited(p, ev.Time, ev.ExitCode)
 		}
 	case collector.EventReap:
-		if p, ok := a.procs[ev.PID]; ok {
+		if p, ok := a.member(ev); ok {
 			if !p.exited {
 				a.memberExited(p, ev.Time, ev.ExitCode)
 			}
@@ -516,25 +571,52 @@ func (a *Agent) handle(ev collector.Event) {
 	}
 }
 
+// member finds the tracked process an exit or reap record is about; a
+// record of an earlier process with the same PID (read after a resync
+// found its successor) is not.
+func (a *Agent) member(ev collector.Event) (*proc, bool) {
+	p, ok := a.procs[ev.PID]
+	if !ok || (ev.Born != 0 && !collector.SameBorn(ev.Born, p.Born)) {
+		return nil, false
+	}
+	return p, true
+}
+
 func (a *Agent) onExec(ev collector.Event) {
 	if ev.Proc == nil {
 		return
 	}
 	p := *ev.Proc
-	if m, ok := a.procs[p.PID]; ok && !m.exited {
-		// A member executed another program: it stays in its tree, with the
-		// tree's rule and deadline. (The kernel never holds a member.)
-		m.Comm, m.Args, m.Exe = p.Comm, p.Args, p.Exe
-		return
-	}
 	// The kernel stopped the new process at exec (a comm of a rule with
 	// max_running, or file tracing was off): whatever is decided below, it
-	// runs on unless it is ended at its cap.
+	// runs on unless it is ended at its cap. (The kernel never holds a
+	// process it tracks, so a member's own exec is not held.)
 	if p.Held {
 		defer a.resumeHeld(p.PID, p.Born)
 	}
+	stale := a.stale(ev.Time)
+	if m, ok := a.procs[p.PID]; ok && collector.SameBorn(m.Born, p.Born) {
+		// A member executed another program: it stays in its tree, with the
+		// tree's rule and deadline. A record older than the last scan
+		// changes nothing: the scan read what it runs later.
+		if !m.exited && !stale {
+			m.Comm, m.Args, m.Exe = p.Comm, p.Args, p.Exe
+		}
+		return
+	}
+	if born, seen := a.scanned[p.PID]; stale && seen && collector.SameBorn(born, p.Born) {
+		// The last scan saw this process after this exec and matched what
+		// it ran then: no rule, or it would be in the table.
+		if err := a.src.Untrack(p.PID); err != nil {
+			a.log.Debug("untrack", "pid", p.PID, "err", err)
+		}
+		return
+	}
 	if m, ok := a.procs[p.PID]; ok {
 		// The PID was reaped and reused before we saw the reap.
+		if !m.exited {
+			a.memberExited(m, ev.Time, m.status)
+		}
 		a.reaped(m)
 	}
 	if parent, ok := a.procs[p.PPID]; ok && !parent.exited {
@@ -565,6 +647,14 @@ func (a *Agent) onFork(ev collector.Event) {
 		return
 	}
 	if old, ok := a.procs[ev.PID]; ok {
+		if collector.SameBorn(old.Born, ev.Born) {
+			// Known already: a record read after the scan that found it.
+			return
+		}
+		// The PID was reaped and reused before we saw the reap.
+		if !old.exited {
+			a.memberExited(old, ev.Time, old.status)
+		}
 		a.reaped(old)
 	}
 	p := parent.Process
@@ -779,6 +869,7 @@ func (a *Agent) confirm(t *tree, now time.Duration) {
 // resync rescans procfs after the kernel dropped events.
 func (a *Agent) resync() {
 	a.m.resyncs.Inc()
+	scanAt := a.clock.Now()
 	procs, err := a.src.Scan()
 	if err != nil {
 		a.log.Error("resync scan", "err", err)
@@ -793,7 +884,7 @@ func (a *Agent) resync() {
 	if err != nil {
 		a.log.Error("resync: list undecided candidates", "err", err)
 	}
-	a.reconcile(procs, adopted)
+	a.reconcile(procs, adopted, scanAt)
 	a.settlePending(pending, procs)
 	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
 }

@@ -619,3 +619,137 @@ func TestFileTracingStaysOnForAnUnfilteredRule(t *testing.T) {
 		t.Fatalf("files %v", h.src.filesLog)
 	}
 }
+
+// procInfo finds pid in the API's list.
+func (h *harness) procInfo(pid int) ProcessInfo {
+	h.t.Helper()
+	for _, p := range h.a.Processes() {
+		if p.PID == pid {
+			return p
+		}
+	}
+	h.t.Fatalf("pid %d not in the table %v", pid, h.pids())
+	return ProcessInfo{}
+}
+
+// A resync keeps every member that still runs in its tree, whatever
+// precision its start time came with, and gives it the program procfs shows
+// it running: an exec whose record was lost leaves no stale comm, exe or
+// args, and later records older than the scan do not bring them back.
+func TestResyncRefreshesWhatMembersRun(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	// Start times as the kernel stamps them, in nanoseconds; procfs shows
+	// the same starts in clock ticks (10 ms).
+	rootBorn := 1000*s + 123456789
+	kidBorn := 1001*s + 987654321
+	tick := func(d time.Duration) time.Duration { return d / (10 * time.Millisecond) * (10 * time.Millisecond) }
+	h.send(collector.Event{Type: collector.EventExec, PID: 100, PPID: 1, Time: rootBorn, Born: rootBorn,
+		Proc: &collector.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+			Exe: "/usr/bin/restic", Cgroup: "/test", Start: rootBorn, Born: rootBorn}})
+	h.send(collector.Event{Type: collector.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
+	name := treeName("restic", 100, rootBorn)
+	if got := h.procInfo(101); got.Comm != "restic" {
+		t.Fatalf("forked member = %+v, want its parent's program until it execs", got)
+	}
+
+	// 101 executes ssh; the record is lost.
+	root := collector.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+		Exe: "/usr/bin/restic", Cgroup: "/test/" + name, Start: tick(rootBorn), Born: tick(rootBorn)}
+	kid := collector.Process{PID: 101, PPID: 100, Comm: "ssh", Args: []string{"ssh", "backend"},
+		Exe: "/usr/bin/ssh", Cgroup: "/test/" + name, Start: tick(kidBorn), Born: tick(kidBorn)}
+	h.src.scan = []collector.Process{root, kid}
+	h.at(1010 * s)
+	h.send(collector.Event{Type: collector.EventLost, Lost: 1})
+	if got := h.procInfo(101); got.Comm != "ssh" || got.Exe != "/usr/bin/ssh" || !slices.Equal(got.Args, kid.Args) || got.Rule != "restic" {
+		t.Fatalf("member after its exec was lost = %+v, want ssh in the restic tree", got)
+	}
+	// Nothing ended, nothing was made again: the same tree, with its
+	// deadline from the root's exec.
+	for _, c := range h.enf.callList() {
+		if strings.HasPrefix(c, "release") || (strings.HasPrefix(c, "confine") && c != "confine "+name+" 100" && c != "confine "+name+" 101") {
+			t.Fatalf("the resync remade the tree: calls %v", h.enf.callList())
+		}
+	}
+	if n := testutil.CollectAndCount(h.a.m.runtime); n != 0 {
+		t.Fatalf("%d trees ended at the resync, want none", n)
+	}
+	if got := h.procInfo(100); !got.Deadline.Equal(h.a.wall(rootBorn + 5*time.Minute)) {
+		t.Fatalf("deadline = %v, want the root's exec + 5m", got.Deadline)
+	}
+
+	// Records from before that scan, read after it, change nothing: the
+	// scan saw the processes later.
+	h.send(collector.Event{Type: collector.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
+	h.send(collector.Event{Type: collector.EventExec, PID: 101, PPID: 100, Time: 1005 * s, Born: kidBorn,
+		Proc: &collector.Process{PID: 101, PPID: 100, Comm: "sh", Args: []string{"sh", "-c", "ssh backend"},
+			Exe: "/bin/sh", Start: 1005 * s, Born: kidBorn}})
+	if got := h.procInfo(101); got.Comm != "ssh" {
+		t.Fatalf("member after records older than the scan = %+v, want ssh still", got)
+	}
+
+	// 101 executes gzip; that record is lost too, and a second resync
+	// finds it (the table now has its start time from the first scan).
+	kid.Comm, kid.Args, kid.Exe = "gzip", []string{"gzip", "-9"}, "/usr/bin/gzip"
+	h.src.scan = []collector.Process{root, kid}
+	h.at(1020 * s)
+	h.send(collector.Event{Type: collector.EventLost, Lost: 1})
+	if got := h.procInfo(101); got.Comm != "gzip" || got.Exe != "/usr/bin/gzip" || !slices.Equal(got.Args, kid.Args) {
+		t.Fatalf("member after a second lost exec = %+v, want gzip", got)
+	}
+	// A record newer than the scan applies.
+	h.send(collector.Event{Type: collector.EventExec, PID: 101, PPID: 100, Time: 1021 * s, Born: kidBorn,
+		Proc: &collector.Process{PID: 101, PPID: 100, Comm: "cat", Args: []string{"cat"},
+			Exe: "/usr/bin/cat", Start: 1021 * s, Born: kidBorn}})
+	if got := h.procInfo(101); got.Comm != "cat" || got.Rule != "restic" {
+		t.Fatalf("member after a new exec = %+v, want cat in the restic tree", got)
+	}
+	if got := h.pids(); !slices.Equal(got, []int{100, 101}) {
+		t.Fatalf("table = %v, want [100 101]", got)
+	}
+}
+
+// A candidate whose exec record was lost is matched on what procfs shows
+// it running at the resync, not on a record older than that scan; a
+// record of an earlier process on a reused PID leaves the new one alone.
+func TestResyncMatchesOnFreshData(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	born := 1002*s + 5555
+	// 200 executed `restic backup` (record still queued), then `restic
+	// check` (record lost); 201 executed `restic backup` and only that
+	// record was lost; 202 is a new process on the PID of a member whose
+	// exit and reap are still queued.
+	h.exec(202, 1, 1001*s, "restic", "backup")
+	oldBorn := 1001 * s
+	h.src.scan = []collector.Process{
+		{PID: 200, PPID: 1, Comm: "restic", Args: []string{"restic", "check"}, Exe: "/usr/bin/restic", Start: 1002 * s, Born: 1002 * s},
+		{PID: 201, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Exe: "/usr/bin/restic", Start: 1003 * s, Born: 1003 * s},
+		{PID: 202, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Exe: "/usr/bin/restic", Start: 1004 * s, Born: 1004 * s},
+	}
+	h.at(1010 * s)
+	h.send(collector.Event{Type: collector.EventLost, Lost: 2})
+	if got := h.pids(); !slices.Equal(got, []int{201, 202}) {
+		t.Fatalf("after resync = %v, want [201 202]", got)
+	}
+	// The queued records, older than the scan, arrive now.
+	h.send(collector.Event{Type: collector.EventExec, PID: 200, PPID: 1, Time: 1002*s + 1, Born: born,
+		Proc: &collector.Process{PID: 200, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+			Exe: "/usr/bin/restic", Start: 1002*s + 1, Born: born}})
+	h.send(collector.Event{Type: collector.EventExit, PID: 202, Time: 1003 * s, Born: oldBorn})
+	h.send(collector.Event{Type: collector.EventReap, PID: 202, Time: 1003 * s, Born: oldBorn})
+	if got := h.pids(); !slices.Equal(got, []int{201, 202}) {
+		t.Fatalf("after records older than the scan = %v, want [201 202]", got)
+	}
+	if h.src.tracked[200] {
+		t.Fatal("a process the scan matched to no rule is tracked in the kernel")
+	}
+	if st := h.states(); st[202] != StateRunning {
+		t.Fatalf("202 = %v after its predecessor's exit record, want running", st[202])
+	}
+	// Once records are well past the scan, the scan's list is dropped.
+	h.exec(300, 1, 1012*s, "restic", "backup")
+	if h.a.scanned != nil {
+		t.Fatal("the scan's list is kept after records newer than it came")
+	}
+}

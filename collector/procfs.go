@@ -19,6 +19,16 @@ func TicksToBoot(ticks uint64) time.Duration {
 	return time.Duration(ticks) * (time.Second / userHZ)
 }
 
+// SameBorn reports whether two start times name the same process start.
+// The kernel's records carry start_boottime in nanoseconds, a procfs scan
+// only clock ticks (10 ms): they are compared at tick resolution, the way
+// /proc/PID/stat rounds (down). With the PID, that still tells a reused
+// PID from the process that held it before.
+func SameBorn(a, b time.Duration) bool {
+	tick := time.Second / userHZ
+	return a/tick == b/tick
+}
+
 // Procfs reads processes from a proc mount. Its root is a parameter so tests
 // can point it at a fixture tree.
 type Procfs struct {
