@@ -32,7 +32,13 @@ var binary string // the overtime binary built once for all tests
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped, needs root (eBPF, cgroups)")
+		// Nothing here can run without root: say so loudly, and fail
+		// where every test must run (make test).
+		if os.Getenv(testtool.RequireEnv) != "" {
+			fmt.Printf("e2e: FAIL: needs root (eBPF, cgroups), and %s is set\n", testtool.RequireEnv)
+			os.Exit(1)
+		}
+		fmt.Printf("e2e: SKIPPED, no test run: needs root (eBPF, cgroups); set %s to make this a failure\n", testtool.RequireEnv)
 		os.Exit(0)
 	}
 	// In a test VM (test/vm) there is no Go toolchain: the runner builds
@@ -476,14 +482,25 @@ func (a *agentProc) logLines(msg string) []map[string]any {
 // eventually polls cond every 20ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	eventuallyState(t, d, what, func() (bool, string) { return cond(), "" })
+}
+
+// eventuallyState polls cond every 20ms until it holds or d passes; on
+// timeout the failure says what cond last saw.
+func eventuallyState(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	for {
-		if cond() {
+		ok, state := cond()
+		if ok {
 			return
 		}
 		select {
 		case <-ctx.Done():
+			if state != "" {
+				t.Fatalf("timed out after %v waiting for %s; last seen: %s", d, what, state)
+			}
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		case <-time.After(20 * time.Millisecond):
 		}

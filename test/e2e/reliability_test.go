@@ -126,7 +126,9 @@ func countProcsIn(dir string) int {
 
 // Lost events: with a ring buffer of one page and a burst of execs, the
 // kernel drops records; the agent counts them, rescans procfs and still
-// tracks every matching process that lives on.
+// tracks every matching process that lives on, each with the program it
+// runs now (a child whose exec of sleep was lost is not left with its
+// parent's name), and ends none of them on the way.
 func TestLostEventsResync(t *testing.T) {
 	cg := newTestCgroup(t)
 	dir := t.TempDir()
@@ -140,16 +142,38 @@ func TestLostEventsResync(t *testing.T) {
 		return a.metric("overtime_events_lost_total") > 0 && a.metric("overtime_resyncs_total") > 0
 	})
 	// Every one of the 200 and its child is tracked, whatever was lost.
-	eventually(t, 20*time.Second, "all 200 trees tracked", func() bool {
+	// The 400 processes all run before the agent's last resync reads
+	// them, so the table settles on exactly this, every run.
+	eventuallyState(t, 20*time.Second, "all 200 trees tracked, each root ovt-burst with one child sleep", func() (bool, string) {
 		roots, kids := 0, 0
-		for _, p := range a.processes() {
-			switch {
-			case p.Rule == "ovt-burst" && p.Comm == "ovt-burst":
-				roots++
-			case p.Rule == "ovt-burst" && p.Comm == "sleep":
+		comms := map[string]int{}
+		byPID := map[int]apiProcess{}
+		ps := a.processes()
+		for _, p := range ps {
+			byPID[p.PID] = p
+		}
+		for _, p := range ps {
+			comms[p.Comm]++
+			if p.Rule != "ovt-burst" {
+				continue
+			}
+			if _, child := byPID[p.PPID]; child {
 				kids++
+				if p.Comm != "sleep" {
+					continue
+				}
+			} else {
+				roots++
 			}
 		}
-		return roots == 200 && kids == 200
+		ok := roots == 200 && kids == 200 && comms["ovt-burst"] == 200 && comms["sleep"] == 200
+		return ok, fmt.Sprintf("%d processes: %d roots, %d children; by comm %v", len(ps), roots, kids, comms)
 	})
+	// Nothing was ended or rebuilt: every tree kept its cgroup.
+	if n := len(a.logLines("tree ended")); n != 0 {
+		t.Fatalf("%d trees ended though all their processes run", n)
+	}
+	if n := len(a.logLines("adopted tree")); n != 0 {
+		t.Fatalf("%d trees rebuilt from their cgroups at a resync", n)
+	}
 }
