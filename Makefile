@@ -27,7 +27,10 @@ generate: deps-generate ## rebuild the eBPF objects with bpf2go (needs clang)
 
 .PHONY: check-generated
 check-generated: deps-generate ## fail when the committed eBPF objects are stale
-	OVERTIME_REQUIRE_CLANG=1 $(GO) test -count=1 -run TestGeneratedCurrent ./bpf/
+	@out=$$(OVERTIME_REQUIRE_CLANG=1 $(GO) test -count=1 -v -run '^TestGeneratedUpToDate$$' ./bpf/ 2>&1); status=$$?; \
+	echo "$$out" | grep -E '^(--- |ok|FAIL|panic)|_test\.go:'; \
+	[ $$status = 0 ] || exit $$status; \
+	echo "$$out" | grep -q '^--- PASS: TestGeneratedUpToDate' || { echo "check-generated: TestGeneratedUpToDate did not run"; exit 1; }
 
 .PHONY: deps
 deps: ## install what the tests need (apt-get, go install) when missing
@@ -53,6 +56,12 @@ test: deps ## run every test as root against the real kernel (vet, race, short f
 .PHONY: test-kernels
 test-kernels: deps ## the real-kernel tests in VMs: Debian 5.10, 6.1, 6.12 x cgroup pure v2, pure v1, hybrid (qemu TCG; writes the README table)
 	OVERTIME_REQUIRE_TOOLS=1 $(GO) run ./test/vm -set full -readme README.md $(VMFLAGS)
+
+.PHONY: stress
+# COUNT repeats each test (default 10); STRESS_PKGS narrows the packages.
+stress: deps ## as root: the e2e and bpf tests COUNT=10 times over, to find flaky ones (about 10x their share of make test)
+	@[ "$$(id -u)" = 0 ] || { echo "make stress runs as root: the tests load eBPF programs, make cgroups and kill their own processes"; exit 1; }
+	OVERTIME_REQUIRE_CLANG=1 OVERTIME_REQUIRE_TOOLS=1 $(GO) test -race -count=$(or $(COUNT),10) -timeout 180m $(or $(STRESS_PKGS),./bpf/ ./test/e2e/)
 
 .PHONY: fuzz
 # FUZZTIME is a duration (30s) or a count of inputs (100000x); a count is

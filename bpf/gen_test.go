@@ -9,17 +9,20 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"overtime/internal/testtool"
 )
 
 // TestGeneratedUpToDate regenerates the bpf2go outputs into a temp dir with
 // the go:generate line of gen.go and fails if the committed ones differ.
-// Without clang it skips, unless OVERTIME_REQUIRE_CLANG is set (CI).
+// Without clang it skips, unless OVERTIME_REQUIRE_CLANG or
+// OVERTIME_REQUIRE_TOOLS is set (make check-generated, make test).
 func TestGeneratedUpToDate(t *testing.T) {
 	if _, err := exec.LookPath("clang"); err != nil {
 		if os.Getenv("OVERTIME_REQUIRE_CLANG") != "" {
 			t.Fatalf("clang not found and OVERTIME_REQUIRE_CLANG is set: %v", err)
 		}
-		t.Skip("clang not found (set OVERTIME_REQUIRE_CLANG to make this a failure)")
+		testtool.Skip(t, "clang not found: %v", err)
 	}
 	src, err := os.ReadFile("gen.go")
 	if err != nil {

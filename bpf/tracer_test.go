@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"overtime/internal/hostns"
+	"overtime/internal/testtool"
 )
 
 // These tests run against the real kernel and need root. Every process
@@ -30,7 +31,7 @@ import (
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs")
+		testtool.Skip(t, "needs root to load BPF programs")
 	}
 }
 
@@ -781,11 +782,8 @@ func TestExecHold(t *testing.T) {
 	start(t, cmd)
 	pid := cmd.Process.Pid
 	h.wait(t, "exec of ovtest-held", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(pid) })
-	// /bin/true would be long gone if it ran: it stays, stopped.
-	time.Sleep(300 * time.Millisecond)
-	if st := procState(t, pid); st != 'T' {
-		t.Fatalf("held process state %c, want T (stopped)", st)
-	}
+	// /bin/true would be gone if it ran: it stops instead.
+	waitStopped(t, pid)
 	// Undecided, it is listed as pending; once tracked, no longer.
 	if p, err := h.tr.Pending(); err != nil || !slices.Contains(p, pid) {
 		t.Fatalf("Pending() = %v %v, want it to hold %d", p, err, pid)
@@ -827,6 +825,27 @@ func endsWithin(t *testing.T, cmd *exec.Cmd, d time.Duration) bool {
 		_ = cmd.Process.Kill()
 		<-done
 		return false
+	}
+}
+
+// waitStopped waits until pid is stopped (state T), as a process the
+// kernel holds at exec is once the stop is delivered; it fails at once if
+// the process ends (it ran) and after 10 s if it never stops.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		switch st := procState(t, pid); st {
+		case 'T':
+			return
+		case 'Z', 'X':
+			t.Fatalf("held process %d ran and exited (state %c), want it stopped", pid, st)
+		default:
+			if time.Now().After(deadline) {
+				t.Fatalf("held process %d in state %c after 10s, want T (stopped)", pid, st)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -879,10 +898,7 @@ func TestFilesOnDemand(t *testing.T) {
 	if !ex.Held {
 		t.Fatal("exec record of a candidate with file programs off: Held not set")
 	}
-	time.Sleep(200 * time.Millisecond)
-	if st := procState(t, pid); st != 'T' {
-		t.Fatalf("candidate state %c, want T (stopped)", st)
-	}
+	waitStopped(t, pid)
 	if _, err := os.Lstat(first); err == nil {
 		t.Fatal("the held process ran")
 	}
@@ -956,7 +972,7 @@ func TestFilesOnDemand(t *testing.T) {
 // exec when nothing was tracked (EnableFiles), and the detach after idle.
 func BenchmarkFilesAttach(b *testing.B) {
 	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
+		testtool.Skip(b, "needs root to load BPF programs")
 	}
 	tr, err := Load(Options{})
 	if err != nil {
@@ -1066,7 +1082,7 @@ func TestNoHoldWithAControllingTerminal(t *testing.T) {
 	}
 	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("no pseudo-terminals here: %v", err)
+		testtool.Skip(t, "no pseudo-terminals here: %v", err)
 	}
 	defer ptmx.Close()
 	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {

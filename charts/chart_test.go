@@ -3,8 +3,8 @@ package charts
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"overtime/agent"
@@ -748,9 +748,7 @@ func TestRenderedConfig(t *testing.T) {
 // of the chart gets the same behaviour as `overtime run` without --config.
 func TestRenderedConfigMatchesAgentDefaults(t *testing.T) {
 	embedded, err := os.ReadFile(filepath.Join("..", "agent", "defaults.yaml"))
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skip("../agent/defaults.yaml not present")
-	} else if err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 	var chart, agent configFile
@@ -1250,14 +1248,12 @@ func TestChartMetricsExist(t *testing.T) {
 	}
 }
 
-// TestChartMetricsInContract checks the chart's metric names against the
-// Metrics table of the public contract, when shared/CONTRACT.md sits beside
-// the repository.
-func TestChartMetricsInContract(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("..", "..", "shared", "CONTRACT.md"))
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skip("../../shared/CONTRACT.md not present")
-	} else if err != nil {
+// contractMetricNames reads the Metrics table of the public contract, the
+// repository's CONTRACT.md.
+func contractMetricNames(t *testing.T) map[string]bool {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "CONTRACT.md"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	contract := map[string]bool{}
@@ -1267,6 +1263,37 @@ func TestChartMetricsInContract(t *testing.T) {
 	if len(contract) == 0 {
 		t.Fatal("no metrics found in CONTRACT.md's Metrics table")
 	}
+	return contract
+}
+
+// contractPending are metrics the contract names that the agent does not
+// register yet: the stall detection being built (a `stall` rule field,
+// last_progress and stalled_seconds in the API, the unkillable state).
+// Each one is reported; remove it here when it lands.
+var contractPending = map[string]bool{
+	"overtime_stalls_total":         true,
+	"overtime_unkillable_processes": true,
+}
+
+// TestContractMetricsRegistered checks that every metric of the contract is
+// one the agent registers, but for those still being built, which it lists.
+func TestContractMetricsRegistered(t *testing.T) {
+	registry := registryMetricNames()
+	for _, n := range slices.Sorted(maps.Keys(contractMetricNames(t))) {
+		switch {
+		case slices.Contains(registry, n):
+		case contractPending[n]:
+			t.Logf("CONTRACT.md names %s, which the agent does not register yet (being built)", n)
+		default:
+			t.Errorf("CONTRACT.md names %s, which the agent does not register", n)
+		}
+	}
+}
+
+// TestChartMetricsInContract checks the chart's metric names against the
+// Metrics table of the public contract.
+func TestChartMetricsInContract(t *testing.T) {
+	contract := contractMetricNames(t)
 	for _, n := range chartMetricNames(t) {
 		if !synthetic[n] && !contract[n] {
 			t.Errorf("the chart uses %s, which CONTRACT.md's Metrics table does not list", n)

@@ -76,7 +76,7 @@ func TestOpenFilesReal(t *testing.T) {
 	cmd.Stdin = held
 	cmd.ExtraFiles = []*os.File{held, gone, pw, sock}
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot start sleep: %v", err)
+		t.Fatalf("cannot start sleep: %v", err)
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()

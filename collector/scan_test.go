@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/testtool"
 )
 
 // fakeProc is one process of a fixture proc tree.
@@ -313,7 +315,7 @@ func startSleep(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("sleep", args...)
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot start sleep: %v", err)
+		t.Fatalf("cannot start sleep: %v", err)
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
@@ -325,13 +327,14 @@ func startSleep(t *testing.T, args ...string) *exec.Cmd {
 func newRealProcfs(t testing.TB) *Procfs {
 	t.Helper()
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		t.Skipf("no /proc: %v", err)
+		testtool.Skip(t, "no /proc: %v", err)
 	}
 	p, err := NewProcfs("/proc", false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.Cgroup(os.Getpid()); err != nil {
+		// A pure cgroup v1 node has none (README: Tests).
 		t.Skipf("no cgroup v2 line on this node: %v", err)
 	}
 	return p
@@ -413,7 +416,7 @@ func TestScanRealZombieAndExit(t *testing.T) {
 	p := newRealProcfs(t)
 	cmd := exec.Command("sleep", "1000")
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot start sleep: %v", err)
+		t.Fatalf("cannot start sleep: %v", err)
 	}
 	pid := cmd.Process.Pid
 	reaped := false
@@ -491,7 +494,7 @@ func spawnSleeps(b *testing.B, p *Procfs, n int) {
 	sh := exec.Command("sh", "-c", `i=0; while [ $i -lt "$1" ]; do sleep 600 & i=$((i+1)); done; wait`, "sh", strconv.Itoa(n))
 	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := sh.Start(); err != nil {
-		b.Skipf("cannot start sh: %v", err)
+		b.Fatalf("cannot start sh: %v", err)
 	}
 	b.Cleanup(func() {
 		_ = syscall.Kill(-sh.Process.Pid, syscall.SIGKILL)
@@ -513,7 +516,7 @@ func spawnSleeps(b *testing.B, p *Procfs, n int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Skipf("only %d of %d sleeps started", children, n)
+			b.Fatalf("only %d of %d sleeps started in 2 minutes", children, n)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -522,9 +525,10 @@ func spawnSleeps(b *testing.B, p *Procfs, n int) {
 func BenchmarkScan(b *testing.B) {
 	p, err := NewProcfs("/proc", false)
 	if err != nil {
-		b.Skip(err)
+		b.Fatal(err)
 	}
 	if _, err := p.Cgroup(os.Getpid()); err != nil {
+		// A pure cgroup v1 node has none (README: Tests).
 		b.Skipf("no cgroup v2 line on this node: %v", err)
 	}
 	run := func(b *testing.B) {
@@ -564,16 +568,24 @@ func TestScanLongFields(t *testing.T) {
 
 	// The kernel gives a long cmdline whole, too.
 	real := newRealProcfs(t)
-	zeros := "0." + strings.Repeat("0", 9000) // sleep adds 0 s
-	cmd := startSleep(t, "1000", zeros)
-	proc, err := real.Process(cmd.Process.Pid)
-	if errors.Is(err, ErrGone) {
-		t.Skipf("this sleep does not take %d digits", len(zeros))
-	}
+	// A shell that waits on a pipe until the test ends keeps any argument.
+	zeros := strings.Repeat("0", 9000)
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(proc.Args, []string{"sleep", "1000", zeros}) {
-		t.Errorf("Process(sleep).Args has %d elements of %d bytes: %+v", len(proc.Args), len(strings.Join(proc.Args, "")), proc)
+	cmd := exec.Command("sh", "-c", "read _", "sh", zeros)
+	cmd.Stdin = pr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start sh: %v", err)
+	}
+	pr.Close()
+	t.Cleanup(func() { pw.Close(); _ = cmd.Wait() })
+	proc, err := real.Process(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"sh", "-c", "read _", "sh", zeros}; !reflect.DeepEqual(proc.Args, want) {
+		t.Errorf("Process(sh).Args has %d elements of %d bytes: %+v", len(proc.Args), len(strings.Join(proc.Args, "")), proc)
 	}
 }

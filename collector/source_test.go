@@ -18,6 +18,7 @@ import (
 
 	"overtime/bpf"
 	"overtime/internal/hostns"
+	"overtime/internal/testtool"
 )
 
 func TestMain(m *testing.M) {
@@ -37,7 +38,7 @@ type srcHarness struct {
 func newSource(t *testing.T, opts bpf.Options) *srcHarness {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs")
+		testtool.Skip(t, "needs root to load BPF programs")
 	}
 	tr, err := bpf.Load(opts)
 	if err != nil {
@@ -201,7 +202,6 @@ func TestSourceFiles(t *testing.T) {
 	script := `cd "$1" && echo a > new && echo b >> new && echo c > new && mkdir sub && ln -s new sym && mv new sub/moved && exec 3<sub && rm sub/moved sym && rmdir sub`
 	pid := run(t, exec.Command(sh, "-c", script, "sh", work))
 	h.wait(t, "reap", func(e *Event) bool { return e.Type == EventReap && e.PID == pid })
-	time.Sleep(100 * time.Millisecond)
 	h.wait(t, "last unlink", func(e *Event) bool {
 		return e.Type == EventFile && e.File.Op == FileUnlink && e.File.Path == filepath.Join(work, "sub")
 	})

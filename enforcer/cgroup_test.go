@@ -306,9 +306,24 @@ func TestParseCgroupFile(t *testing.T) {
 // A member's PID is reused by an unrelated process before the tree is
 // signalled (the agent has not seen the exit yet): the newcomer is never
 // signalled, because members are reached only through their pidfds and the
-// tree cgroup. Reuse is forced with ns_last_pid, the next PID the kernel
-// hands out in this PID namespace.
+// tree cgroup. Reuse is forced with ns_last_pid, the last PID the kernel
+// handed out in a PID namespace. On the node's namespace any fork elsewhere
+// could take the PID first, so the test runs again as the first process
+// of a private PID namespace (and mount namespace, for its own /proc),
+// where only it forks.
 func TestReusedPIDNeverSignalled(t *testing.T) {
+	needRoot(t)
+	if os.Getenv(inPIDNamespace) == "" {
+		runInPIDNamespace(t)
+		return
+	}
+	// Here: PID 1 of a new PID namespace, in a mount namespace of our own.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		t.Fatalf("make mounts private: %v", err)
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		t.Fatalf("mount this namespace's /proc: %v", err)
+	}
 	p := newParent(t, false)
 	e := newEnforcer(t, v2Mode)
 	victim := start(t, p, "exec sleep 1000")
@@ -327,32 +342,28 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 		t.Fatal("victim did not die")
 	}
 	// Wait for the reap, then hand its PID to a newcomer.
-	for i := 0; i < 500; i++ {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
 			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d not reaped in 5s", pid)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	var newcomer *exec.Cmd
-	for try := 0; try < 20 && newcomer == nil; try++ {
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-			t.Skipf("cannot set ns_last_pid: %v", err)
-		}
-		c := exec.Command("sleep", "1000")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if c.Process.Pid == pid {
-			newcomer = c
-			break
-		}
-		_ = c.Process.Kill()
-		_ = c.Wait()
+	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+		t.Fatalf("set ns_last_pid: %v", err)
 	}
-	if newcomer == nil {
-		t.Skip("could not get the PID reused (other forks raced)")
+	newcomer := exec.Command("sleep", "1000")
+	if err := newcomer.Start(); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = newcomer.Process.Kill(); _ = newcomer.Wait() })
+	if newcomer.Process.Pid != pid {
+		t.Fatalf("newcomer got pid %d, want the victim's %d: something else forked in this PID namespace", newcomer.Process.Pid, pid)
+	}
+	waitForComm(t, pid, "sleep")
 
 	if n, err := e.Signal(name, unix.SIGTERM); err != nil || n != 0 {
 		t.Fatalf("Signal = %d, %v: want 0 processes signalled", n, err)
@@ -360,16 +371,73 @@ func TestReusedPIDNeverSignalled(t *testing.T) {
 	if err := e.Kill(name); err != nil {
 		t.Fatalf("Kill: %v", err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if err := newcomer.Process.Signal(syscall.Signal(0)); err != nil {
-		t.Fatalf("the process that reused the PID was signalled: %v", err)
-	}
-	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), "(sleep) S") {
-		t.Fatalf("newcomer state: %s", st)
+	// Everything Kill does is done once its background kills are; a
+	// signal sent to the newcomer would then be pending, or ending it.
+	// Once it sleeps (not running: a dying process runs to its end), it
+	// must have nothing pending.
+	e.WaitKills()
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		state, pending := procStatus(t, pid)
+		if pending != "" {
+			t.Fatalf("the process that reused the PID has signals pending: %s", pending)
+		}
+		if strings.HasPrefix(state, "S") {
+			break
+		}
+		if !strings.HasPrefix(state, "R") || time.Now().After(deadline) {
+			t.Fatalf("the process that reused the PID is %q, want S (sleeping)", state)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if err := release(e, name); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// procStatus reads the state of pid and its pending signals ("" if none)
+// from /proc/PID/status.
+func procStatus(t *testing.T, pid int) (state, pending string) {
+	t.Helper()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("process %d: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "State":
+			state = v
+		case "SigPnd", "ShdPnd":
+			if strings.Trim(v, "0") != "" {
+				pending += k + " " + v + " "
+			}
+		}
+	}
+	return state, strings.TrimSpace(pending)
+}
+
+// inPIDNamespace is set in the environment of a test binary that
+// runInPIDNamespace started.
+const inPIDNamespace = "OVERTIME_TEST_IN_PIDNS"
+
+// runInPIDNamespace runs t again, alone, in a new test binary that is the
+// first process of a new PID namespace and has a mount namespace of its
+// own, and fails t if it fails or does not run.
+func runInPIDNamespace(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), inPIDNamespace+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("in a private PID namespace: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("in a private PID namespace, %s did not pass:\n%s", t.Name(), out)
+	}
+	t.Logf("in a private PID namespace:\n%s", out)
 }
 
 // On cgroup v2, Kill signals the members it knows through their pidfds at

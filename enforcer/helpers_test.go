@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/testtool"
 )
 
 const v1Mount = "/sys/fs/cgroup/freezer"
@@ -56,7 +58,7 @@ func randName() string {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		testtool.Skip(t, "needs root")
 	}
 }
 
@@ -79,6 +81,8 @@ func newParent(t *testing.T, v1 bool) testParent {
 		t.Skip(v2Unusable)
 	}
 	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
+		// The v1 tests need a v1 freezer hierarchy, the v2 tests the
+		// hybrid layout's unified mount (README: Tests).
 		t.Skipf("no cgroup hierarchy at %s", mount)
 	}
 	p := testParent{mount: mount, group: "/overtime-enftest-" + randName(), v1: v1}

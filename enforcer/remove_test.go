@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/testtool"
 )
 
 func devIno(t *testing.T, p string) (uint64, uint64) {
@@ -99,7 +101,7 @@ func TestRemove(t *testing.T) {
 		victim := filepath.Join(elsewhere, "lock")
 		writeFile(t, victim, 4)
 		if err := unix.Mount(elsewhere, sub, "", unix.MS_BIND, ""); err != nil {
-			t.Skipf("bind mount: %v", err)
+			testtool.Skip(t, "bind mount: %v", err)
 		}
 		t.Cleanup(func() { _ = unix.Unmount(sub, unix.MNT_DETACH) })
 		mustRemove(t, e, name, f, dev, ino, false, SkipReplaced)
@@ -298,9 +300,7 @@ func TestRemove(t *testing.T) {
 // there after the tree is dead, while the node's file at the same path
 // stays.
 func TestRemoveInMountNamespace(t *testing.T) {
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("no unshare")
-	}
+	testtool.Find(t, "unshare")
 	p := newParent(t, false)
 	e := newEnforcer(t, v2Mode)
 	dir := filepath.Join(t.TempDir(), "mnt")

@@ -34,3 +34,15 @@ func Find(t testing.TB, name string) string {
 	t.Skipf("%s not found on PATH or in GOPATH/bin (set %s to make this a failure)", name, RequireEnv)
 	return ""
 }
+
+// Skip skips t for something this machine lacks (root, a device, a kernel
+// feature), or fails it when RequireEnv is set: where every test must run
+// (make test), a skip is a test that did not run. Skips of what is
+// impossible on some machines, listed in the README, call t.Skip instead.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(RequireEnv) != "" {
+		t.Fatalf(format+" (and "+RequireEnv+" is set)", args...)
+	}
+	t.Skipf(format+" (set "+RequireEnv+" to make this a failure)", args...)
+}
