@@ -78,11 +78,12 @@ func newParent(t *testing.T, v1 bool) testParent {
 	if v1 {
 		mount = v1Mount
 	} else if v2Unusable != "" {
+		// A pure v1 node, or a kernel before cgroup.kill (README: Tests).
 		t.Skip(v2Unusable)
 	}
 	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
-		// The v1 tests need a v1 freezer hierarchy, the v2 tests the
-		// hybrid layout's unified mount (README: Tests).
+		// The v1 tests need a v1 freezer hierarchy, which a pure v2 node
+		// lacks (README: Tests).
 		t.Skipf("no cgroup hierarchy at %s", mount)
 	}
 	p := testParent{mount: mount, group: "/overtime-enftest-" + randName(), v1: v1}
