@@ -81,7 +81,7 @@ static __always_inline void read_open_file(struct file_event *e, long fd)
  * follow every mix of mount crossings and names past their 1M limit. */
 struct dir_scratch {
 	/* dir_walk: the d_name.name of each step, leaf first; 0 for a step
-	 * that crossed a mount. */
+	 * that crossed a mount; DIR_END after the last. */
 	__u64 names[DIR_MAX_DEPTH];
 	/* dir_copy: the names, each NUL-terminated; one name more than
 	 * DIR_MAX_LEN so that a copy at any offset below it is in bounds. */
@@ -95,9 +95,13 @@ struct {
 	__type(value, struct dir_scratch);
 } dir_scratch SEC(".maps");
 
+/* The names entry after the last step: not a kernel address. */
+#define DIR_END 1
+
 /* dir_walk walks the directory (vfsmnt, dentry) as the current task sees
- * it up to its root, filling ds->names. It returns the steps taken, or -1
- * past DIR_MAX_DEPTH steps. */
+ * it up to its root, filling ds->names. It returns 0, or -1 past
+ * DIR_MAX_DEPTH - 1 steps. Not the number of steps: a constant per
+ * return, it would make the verifier check dir_copy once for each. */
 static __always_inline long dir_walk(struct dir_scratch *ds, struct vfsmount *vfsmnt,
 				     struct dentry *dentry)
 {
@@ -109,12 +113,12 @@ static __always_inline long dir_walk(struct dir_scratch *ds, struct vfsmount *vf
 
 	for (int i = 0; i < DIR_MAX_DEPTH; i++) {
 		if (dentry == root && vfsmnt == root_mnt)
-			return i;
+			goto end;
 		if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
 			/* The root of a mount: go on from where it is mounted. */
 			struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
 			if (parent == mnt)
-				return i; /* the top of the mount namespace */
+				goto end; /* the top of the mount namespace */
 			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = parent;
 			vfsmnt = (void *)parent + mnt_off;
@@ -123,25 +127,29 @@ static __always_inline long dir_walk(struct dir_scratch *ds, struct vfsmount *vf
 		}
 		struct dentry *up = BPF_CORE_READ(dentry, d_parent);
 		if (up == dentry)
-			return i;
+			goto end;
 		ds->names[i] = (__u64)BPF_CORE_READ(dentry, d_name.name);
 		dentry = up;
+		continue;
+	end:
+		ds->names[i] = DIR_END;
+		return 0;
 	}
 	return -1;
 }
 
-/* dir_copy copies the first steps names of ds->names into ds->buf: the
+/* dir_copy copies the names of ds->names into ds->buf: the
  * names leaf first, each NUL-terminated ("c\0b\0a\0" for /a/b/c, nothing
  * for /). It returns the bytes written, or -1 when they would pass
  * DIR_MAX_LEN - 1 (user space then resolves the path itself). */
-static __always_inline long dir_copy(struct dir_scratch *ds, long steps)
+static __always_inline long dir_copy(struct dir_scratch *ds)
 {
 	__u64 off = 0;
 
 	for (int i = 0; i < DIR_MAX_DEPTH; i++) {
-		if (i >= steps)
-			break;
 		__u64 name = ds->names[i];
+		if (name == DIR_END)
+			break;
 		if (!name)
 			continue;
 		if (off > DIR_MAX_LEN - 1)
@@ -176,10 +184,22 @@ static __always_inline long resolve_dir(struct dir_scratch *ds, __s32 dirfd)
 	}
 	if (!mnt || !dentry)
 		return -1;
-	long steps = dir_walk(ds, mnt, dentry);
-	if (steps < 0)
+	if (dir_walk(ds, mnt, dentry))
 		return -1;
-	return dir_copy(ds, steps);
+	return dir_copy(ds);
+}
+
+/* dir_names writes the names of the directory a path relative to dirfd
+ * starts from into dir_scratch's buf (see resolve_dir) and returns their
+ * length, or -1. A global function: the verifier checks it once, on its
+ * own, instead of once for every state its callers reach it in. */
+__attribute__((noinline)) long dir_names(__s32 dirfd)
+{
+	__u32 zero = 0;
+	struct dir_scratch *ds = bpf_map_lookup_elem(&dir_scratch, &zero);
+	if (!ds)
+		return -1;
+	return resolve_dir(ds, dirfd);
 }
 
 /* add_dir appends to the record, at *end, the names of the directory a
@@ -187,12 +207,12 @@ static __always_inline long resolve_dir(struct dir_scratch *ds, __s32 dirfd)
  * they were not read. */
 static __always_inline long add_dir(struct file_event *e, __u64 *end, __s32 dirfd)
 {
+	long d = dir_names(dirfd);
+	if (d < 0 || d > DIR_MAX_LEN - 1)
+		return -1;
 	__u32 zero = 0;
 	struct dir_scratch *ds = bpf_map_lookup_elem(&dir_scratch, &zero);
 	if (!ds)
-		return -1;
-	long d = resolve_dir(ds, dirfd);
-	if (d < 0 || d > DIR_MAX_LEN - 1)
 		return -1;
 	__u64 at = *end, len = d;
 	/* at < 2 * PATH_MAX_LEN + DIR_MAX_LEN and len < DIR_MAX_LEN: the masks
