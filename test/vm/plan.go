@@ -60,6 +60,15 @@ var sets = map[string]testSet{
 		},
 		cellTimeout: 50 * time.Minute,
 	},
+	// The full set's eBPF tracer tests alone: for a change to the
+	// programs, every verifier of the matrix in a few minutes.
+	"bpf": {
+		name: "bpf",
+		runs: []testRun{
+			{"bpf", "bpf.test", true, ".", "^TestGeneratedUpToDate$", "20m"},
+		},
+		cellTimeout: 25 * time.Minute,
+	},
 }
 
 // planFile is the set as the guest's init reads it.
