@@ -227,7 +227,10 @@ func statStart(t *testing.T, pid int) uint64 {
 	return v
 }
 
-// cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id.
+// cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id. On
+// a pure v1 node (no cgroup2 mounted: /proc/PID/cgroup has no v2 line)
+// every process is in the v2 root, whose id is 1, the inode of the root
+// of any cgroup2 mount.
 func cgroupInode(t *testing.T, pid int) uint64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
@@ -235,6 +238,13 @@ func cgroupInode(t *testing.T, pid int) uint64 {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mi), " - cgroup2 ") {
+		return 1
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
