@@ -225,6 +225,10 @@ func (c *cell) finish(require bool) {
 		problems = append(problems, "the guest did not finish")
 	}
 	problems = append(problems, r.notes...)
+	if r.done && len(r.pkgs) == 0 {
+		// A guest that ran nothing has shown nothing: no plan for its set?
+		problems = append(problems, "the guest ran no test binary")
+	}
 	c.status = "PASS"
 	state := "agent starts"
 	if r.refused != "" {

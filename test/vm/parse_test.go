@@ -70,6 +70,11 @@ func TestRefusals(t *testing.T) {
 		{"6.1", "v1", "", "PASS"},
 	} {
 		r := &cellResult{done: true, started: tc.refused == "", refused: tc.refused}
+		if tc.refused == "" {
+			r.pkgs = []*pkgResult{{pkg: "bpf", passed: []string{"TestExecFilter"}, ended: true}}
+		} else {
+			r.pkgs = []*pkgResult{{pkg: "bpf", notRun: true}}
+		}
 		var k kernel
 		for _, x := range kernels {
 			if x.name == tc.kernel {
@@ -81,5 +86,14 @@ func TestRefusals(t *testing.T) {
 		if c.status != tc.want {
 			t.Errorf("%s/%s refused %q: %s, want %s (%s)", tc.kernel, tc.layout, tc.refused, c.status, tc.want, c.line)
 		}
+	}
+}
+
+// A guest that ran no test binary (no plan for its set) fails its cell.
+func TestNothingRunFails(t *testing.T) {
+	c := &cell{k: fetched{kernel: kernels[0]}, layout: "hybrid", res: &cellResult{done: true, started: true}}
+	c.finish(true)
+	if c.status != "FAIL" || !strings.Contains(c.line, "ran no test binary") {
+		t.Fatalf("%s: %s", c.status, c.line)
 	}
 }
