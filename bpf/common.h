@@ -28,6 +28,7 @@ enum bpf_map_type {
 };
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
+#define EEXIST 17
 
 struct bpf_raw_tracepoint_args {
 	__u64 args[0];
@@ -158,10 +159,19 @@ struct sys_exit_ctx {
 #define ARGS_MAX_LEN 1024
 #define PATH_MAX_LEN 512
 /* The directory a relative path is resolved from, as its names leaf first,
- * each NUL-terminated: at most DIR_MAX_LEN bytes and DIR_MAX_DEPTH names. */
+ * each NUL-terminated: less than DIR_MAX_LEN bytes, DIR_MAX_DEPTH steps
+ * (names and mount crossings) at most. */
 #define DIR_MAX_LEN 512
 #define DIR_MAX_DEPTH 32
 #define NAME_MAX_LEN 256
+/* A file record's strings: path and path2 (< PATH_MAX_LEN each), then dir
+ * and dir2 (< DIR_MAX_LEN each). A dir starts below 2 * PATH_MAX_LEN +
+ * DIR_MAX_LEN; the copies mask its offset with FILE_DATA_MASK (a power of
+ * two less one, past that) and its length with DIR_MAX_LEN - 1. */
+#define FILE_DATA_MASK (4 * PATH_MAX_LEN - 1)
+#define FILE_DATA_LEN (FILE_DATA_MASK + DIR_MAX_LEN)
+_Static_assert(2 * PATH_MAX_LEN + DIR_MAX_LEN - 1 <= FILE_DATA_MASK, "dir offset mask");
+_Static_assert((FILE_DATA_MASK & (FILE_DATA_MASK + 1)) == 0, "mask is a power of two less one");
 
 enum event_type {
 	EV_EXEC = 1,
@@ -234,9 +244,9 @@ struct file_event {
 	__u16 pad;
 	/* path_len bytes of path, path2_len of path2, dir_len of dir (the
 	 * directory a relative path is relative to), dir2_len of dir2: the
-	 * record ends there. The slack after each part lets the verifier see
-	 * every write in bounds. */
-	char data[2 * PATH_MAX_LEN + 2 * DIR_MAX_LEN + NAME_MAX_LEN];
+	 * record ends there. Sized for the offsets masked with FILE_DATA_MASK
+	 * (see files.h), so every verifier sees every write in bounds. */
+	char data[FILE_DATA_LEN];
 };
 
 /* file_event dirs bits */
@@ -248,7 +258,6 @@ struct file_event {
 /* tracked flags */
 #define TRACK_PENDING 1   /* a candidate: matched a comm, user space decides */
 #define TRACK_CONFIRMED 2 /* user space called Track */
-#define TRACK_EXITED 4    /* exit event sent; deleted at reap */
 
 /* comm_filter values */
 #define FILTER_MATCH 1 /* the comm may match a rule: send the exec up */
@@ -330,6 +339,16 @@ struct {
 	__type(value, __u64);
 } holds_expired SEC(".maps");
 
+/* The tracked processes whose exit record was sent, from the exit of
+ * their last thread to their reap: an entry is made with BPF_NOEXIST, so
+ * of two last threads exiting at once on two CPUs one reports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} exited SEC(".maps");
+
 /* Variable-length records are built here, then copied to the ring buffer
  * with their real length. Tracepoint programs do not nest on a CPU. */
 union scratch {
@@ -343,6 +362,12 @@ struct {
 	__type(key, __u32);
 	__type(value, union scratch);
 } scratch SEC(".maps");
+
+/* BOUND masks x with m (a power of two less one) where the verifier sees
+ * it: an asm statement the compiler cannot drop, though it knows x <= m.
+ * Older verifiers (5.10, 6.1) lose the bound a checked value carried once
+ * the compiler moved it through the stack. */
+#define BOUND(x, m) asm volatile("%0 &= %1" : "+r"(x) : "i"(m))
 
 static __always_inline union scratch *scratch_buf(void)
 {

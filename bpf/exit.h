@@ -17,8 +17,12 @@ int tp_exit(void *ctx)
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
 	/* Two last threads can race past the check on two CPUs: only the one
-	 * that sets EXITED reports. */
-	if (__sync_fetch_and_or(&v->flags, TRACK_EXITED) & TRACK_EXITED)
+	 * whose insert into `exited` makes the entry reports. An insert that
+	 * fails otherwise (the map full) reports too: a second exit record is
+	 * harmless, a missing one is not. (Not an atomic fetch-or on the
+	 * flags: BPF atomic fetch operations need kernel 5.12.) */
+	__u8 one = 1;
+	if (bpf_map_update_elem(&exited, &tgid, &one, BPF_NOEXIST) == -EEXIST)
 		return 0;
 
 	int code;
@@ -50,6 +54,10 @@ int raw_free(struct bpf_raw_tracepoint_args *ctx)
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	if (pid != tgid || BPF_CORE_READ(task, group_leader) != task)
 		return 0;
+	/* Whether tracked or not (user space may have untracked it since it
+	 * exited): a stale entry would hide the exit of the next process
+	 * with this PID. */
+	bpf_map_delete_elem(&exited, &tgid);
 	if (!bpf_map_lookup_elem(&tracked, &tgid))
 		return 0;
 	bpf_map_delete_elem(&tracked, &tgid);

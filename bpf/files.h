@@ -71,51 +71,103 @@ static __always_inline void read_open_file(struct file_event *e, long fd)
 	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 }
 
-/* dir_names writes the directory (vfsmnt, dentry) as the current task sees
- * it, up to its root, into buf: its names leaf first, each NUL-terminated
- * ("c\0b\0a\0" for /a/b/c, nothing for /). It returns the bytes written,
- * or -1 past DIR_MAX_DEPTH names or DIR_MAX_LEN bytes: user space then
- * resolves the path itself. buf has room for DIR_MAX_LEN + NAME_MAX_LEN. */
-static __always_inline long dir_names(char *buf, struct vfsmount *vfsmnt, struct dentry *dentry)
+/* The directory walk is done in two passes so that every kernel's verifier
+ * follows it cheaply: dir_walk records a pointer to each name (no copies,
+ * no offsets: its paths differ only in pointers the verifier does not
+ * track, so they prune), then dir_copy copies the names one after another
+ * into a buffer at a fixed place (one offset, masked where it is used).
+ * Copying while walking made the 5.10 and 6.1 verifiers lose the bound of
+ * the offset (kept on the stack between helper calls) or, with masks,
+ * follow every mix of mount crossings and names past their 1M limit. */
+struct dir_scratch {
+	/* dir_walk: the d_name.name of each step, leaf first; 0 for a step
+	 * that crossed a mount; DIR_END after the last. */
+	__u64 names[DIR_MAX_DEPTH];
+	/* dir_copy: the names, each NUL-terminated; one name more than
+	 * DIR_MAX_LEN so that a copy at any offset below it is in bounds. */
+	char buf[DIR_MAX_LEN + NAME_MAX_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dir_scratch);
+} dir_scratch SEC(".maps");
+
+/* The names entry after the last step: not a kernel address. */
+#define DIR_END 1
+
+/* dir_walk walks the directory (vfsmnt, dentry) as the current task sees
+ * it up to its root, filling ds->names. It returns 0, or -1 past
+ * DIR_MAX_DEPTH - 1 steps. Not the number of steps: a constant per
+ * return, it would make the verifier check dir_copy once for each. */
+static __always_inline long dir_walk(struct dir_scratch *ds, struct vfsmount *vfsmnt,
+				     struct dentry *dentry)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
 	struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
 	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
 	struct mount *mnt = (void *)vfsmnt - mnt_off;
-	__u32 off = 0;
 
 	for (int i = 0; i < DIR_MAX_DEPTH; i++) {
 		if (dentry == root && vfsmnt == root_mnt)
-			return off;
+			goto end;
 		if (dentry == BPF_CORE_READ(vfsmnt, mnt_root)) {
 			/* The root of a mount: go on from where it is mounted. */
 			struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
 			if (parent == mnt)
-				return off; /* the top of the mount namespace */
+				goto end; /* the top of the mount namespace */
 			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = parent;
 			vfsmnt = (void *)parent + mnt_off;
+			ds->names[i] = 0;
 			continue;
 		}
 		struct dentry *up = BPF_CORE_READ(dentry, d_parent);
 		if (up == dentry)
-			return off;
-		if (off > DIR_MAX_LEN - 1)
-			return -1;
-		long n = bpf_probe_read_kernel_str(buf + off, NAME_MAX_LEN,
-						   BPF_CORE_READ(dentry, d_name.name));
-		if (n <= 0)
-			return -1;
-		off += n;
+			goto end;
+		ds->names[i] = (__u64)BPF_CORE_READ(dentry, d_name.name);
 		dentry = up;
+		continue;
+	end:
+		ds->names[i] = DIR_END;
+		return 0;
 	}
 	return -1;
 }
 
-/* resolve_dir writes the names of the directory a path relative to dirfd
- * starts from (the cwd for AT_FDCWD); see dir_names. */
-static __always_inline long resolve_dir(char *buf, __s32 dirfd)
+/* dir_copy copies the names of ds->names into ds->buf: the
+ * names leaf first, each NUL-terminated ("c\0b\0a\0" for /a/b/c, nothing
+ * for /). It returns the bytes written, or -1 when they would pass
+ * DIR_MAX_LEN - 1 (user space then resolves the path itself). */
+static __always_inline long dir_copy(struct dir_scratch *ds)
+{
+	__u64 off = 0;
+
+	for (int i = 0; i < DIR_MAX_DEPTH; i++) {
+		__u64 name = ds->names[i];
+		if (name == DIR_END)
+			break;
+		if (!name)
+			continue;
+		if (off > DIR_MAX_LEN - 1)
+			return -1;
+		BOUND(off, DIR_MAX_LEN - 1);
+		long n = bpf_probe_read_kernel_str(ds->buf + off, NAME_MAX_LEN, (void *)name);
+		if (n <= 0)
+			return -1;
+		off += n;
+	}
+	if (off > DIR_MAX_LEN - 1)
+		return -1;
+	return off;
+}
+
+/* resolve_dir writes into ds->buf the names of the directory a path
+ * relative to dirfd starts from (the cwd for AT_FDCWD); see dir_copy. */
+static __always_inline long resolve_dir(struct dir_scratch *ds, __s32 dirfd)
 {
 	struct vfsmount *mnt;
 	struct dentry *dentry;
@@ -132,7 +184,46 @@ static __always_inline long resolve_dir(char *buf, __s32 dirfd)
 	}
 	if (!mnt || !dentry)
 		return -1;
-	return dir_names(buf, mnt, dentry);
+	if (dir_walk(ds, mnt, dentry))
+		return -1;
+	return dir_copy(ds);
+}
+
+/* dir_names writes the names of the directory a path relative to dirfd
+ * starts from into dir_scratch's buf (see resolve_dir) and returns their
+ * length, or -1. A global function: the verifier checks it once, on its
+ * own, instead of once for every state its callers reach it in. */
+__attribute__((noinline)) long dir_names(__s32 dirfd)
+{
+	__u32 zero = 0;
+	struct dir_scratch *ds = bpf_map_lookup_elem(&dir_scratch, &zero);
+	if (!ds)
+		return -1;
+	return resolve_dir(ds, dirfd);
+}
+
+/* add_dir appends to the record, at *end, the names of the directory a
+ * path relative to dirfd starts from. It returns their length, or -1 when
+ * they were not read. */
+static __always_inline long add_dir(struct file_event *e, __u64 *end, __s32 dirfd)
+{
+	long d = dir_names(dirfd);
+	if (d < 0 || d > DIR_MAX_LEN - 1)
+		return -1;
+	__u32 zero = 0;
+	struct dir_scratch *ds = bpf_map_lookup_elem(&dir_scratch, &zero);
+	if (!ds)
+		return -1;
+	__u64 at = *end, len = d;
+	/* at < 2 * PATH_MAX_LEN + DIR_MAX_LEN and len < DIR_MAX_LEN: the masks
+	 * change nothing but tell every verifier (FILE_DATA_LEN has room for
+	 * the largest masked values). */
+	BOUND(at, FILE_DATA_MASK);
+	BOUND(len, DIR_MAX_LEN - 1);
+	if (len > 0 && bpf_probe_read_kernel(e->data + at, len, ds->buf))
+		return -1;
+	*end = at + len;
+	return len;
 }
 
 static __always_inline int file_exit(struct sys_exit_ctx *ctx)
@@ -187,29 +278,28 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 
 	/* The directories relative paths start from, read now: user space
 	 * reads the record later, when the process may have moved or gone. */
-	__u32 end = plen + p2len;
+	__u64 end = plen + p2len;
 	long d;
 	e->dir_len = 0;
 	e->dir2_len = 0;
 	e->dirs = 0;
 	e->pad = 0;
 	if (plen > 0 && e->data[0] != '/') {
-		d = resolve_dir(e->data + end, s.dirfd);
-		if (d >= 0 && d <= DIR_MAX_LEN) {
+		d = add_dir(e, &end, s.dirfd);
+		if (d >= 0) {
 			e->dir_len = d;
 			e->dirs |= DIR_SET;
-			end += d;
 		}
 	}
 	/* path2 of a symlink is its target, not a path. */
 	if (p2len > 0 && s.op != OP_SYMLINK && e->data[plen] != '/') {
-		d = resolve_dir(e->data + end, s.dirfd2);
-		if (d >= 0 && d <= DIR_MAX_LEN) {
+		d = add_dir(e, &end, s.dirfd2);
+		if (d >= 0) {
 			e->dir2_len = d;
 			e->dirs |= DIR2_SET;
-			end += d;
 		}
 	}
+	BOUND(end, FILE_DATA_MASK);
 	output(e, __builtin_offsetof(struct file_event, data) + end);
 	return 0;
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/asm"
+
 	"overtime/internal/testtool"
 )
 
@@ -89,4 +91,28 @@ func splitArgs(s string) ([]string, error) {
 		args = append(args, cur.String())
 	}
 	return args, nil
+}
+
+// TestNoAtomicsPast510 checks the committed objects for BPF atomic
+// operations other than the old XADD (BPF_ADD without BPF_FETCH): the
+// others (fetch forms, or, and, xor, xchg, cmpxchg) are refused before
+// kernel 5.12 ("BPF_STX uses reserved fields"), and nodes run 5.10.
+func TestNoAtomicsPast510(t *testing.T) {
+	spec, err := loadOvertime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for name, p := range spec.Programs {
+		for i, ins := range p.Instructions {
+			if ins.OpCode.Class() != asm.StXClass || ins.OpCode.Mode() != asm.AtomicMode {
+				continue
+			}
+			n++
+			if op := ins.OpCode.AtomicOp(); op != asm.AddAtomic {
+				t.Errorf("%s: instruction %d (%v): atomic %v needs kernel 5.12; use a BPF_NOEXIST map insert or __sync_fetch_and_add with its result unused", name, i, ins, op)
+			}
+		}
+	}
+	t.Logf("%d programs, %d XADD instructions", len(spec.Programs), n)
 }

@@ -19,6 +19,12 @@ type overtimeConfigVal struct {
 	FilesOn uint32
 }
 
+type overtimeDirScratch struct {
+	_     structs.HostLayout
+	Names [32]uint64
+	Buf   [768]int8
+}
+
 type overtimeFileStash struct {
 	_      structs.HostLayout
 	Op     uint32
@@ -58,7 +64,7 @@ type overtimeScratch struct {
 		Flags       uint32
 		Data        [1280]int8
 	}
-	_ [1024]byte
+	_ [1280]byte
 }
 
 type overtimeTrackedVal struct {
@@ -72,7 +78,9 @@ type overtimeTrackedVal struct {
 const (
 	overtimeMapCommFilter        = "comm_filter"
 	overtimeMapConfig            = "config"
+	overtimeMapDirScratch        = "dir_scratch"
 	overtimeMapEvents            = "events"
+	overtimeMapExited            = "exited"
 	overtimeMapFileStash         = "file_stash"
 	overtimeMapHolds             = "holds"
 	overtimeMapHoldsExpired      = "holds_expired"
@@ -173,7 +181,9 @@ type overtimeProgramSpecs struct {
 type overtimeMapSpecs struct {
 	CommFilter   *ebpf.MapSpec `ebpf:"comm_filter"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
+	DirScratch   *ebpf.MapSpec `ebpf:"dir_scratch"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	Exited       *ebpf.MapSpec `ebpf:"exited"`
 	FileStash    *ebpf.MapSpec `ebpf:"file_stash"`
 	Holds        *ebpf.MapSpec `ebpf:"holds"`
 	HoldsExpired *ebpf.MapSpec `ebpf:"holds_expired"`
@@ -210,7 +220,9 @@ func (o *overtimeObjects) Close() error {
 type overtimeMaps struct {
 	CommFilter   *ebpf.Map `ebpf:"comm_filter"`
 	Config       *ebpf.Map `ebpf:"config"`
+	DirScratch   *ebpf.Map `ebpf:"dir_scratch"`
 	Events       *ebpf.Map `ebpf:"events"`
+	Exited       *ebpf.Map `ebpf:"exited"`
 	FileStash    *ebpf.Map `ebpf:"file_stash"`
 	Holds        *ebpf.Map `ebpf:"holds"`
 	HoldsExpired *ebpf.Map `ebpf:"holds_expired"`
@@ -223,7 +235,9 @@ func (m *overtimeMaps) Close() error {
 	return _OvertimeClose(
 		m.CommFilter,
 		m.Config,
+		m.DirScratch,
 		m.Events,
+		m.Exited,
 		m.FileStash,
 		m.Holds,
 		m.HoldsExpired,

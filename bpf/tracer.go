@@ -82,7 +82,9 @@ func probe() error {
 		return fmt.Errorf("raw tracepoint programs not supported: %w", err)
 	}
 	if err := features.HaveV3ISA(); err != nil {
-		return fmt.Errorf("BPF v3 ISA (atomics, kernel >= 5.12) not supported: %w", err)
+		// -mcpu=v3: 32-bit jumps and ALU (5.1). No atomic operations
+		// past the old XADD are used: those need 5.12.
+		return fmt.Errorf("BPF v3 ISA (32-bit jumps, kernel >= 5.1) not supported: %w", err)
 	}
 	return nil
 }
@@ -176,7 +178,8 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 	maps := map[string]*ebpf.Map{
 		overtimeMapCommFilter: t.objs.CommFilter, overtimeMapConfig: t.objs.Config,
 		overtimeMapEvents: t.objs.Events, overtimeMapFileStash: t.objs.FileStash,
-		overtimeMapLost: t.objs.Lost, overtimeMapScratch: t.objs.Scratch,
+		overtimeMapExited: t.objs.Exited, overtimeMapLost: t.objs.Lost,
+		overtimeMapScratch: t.objs.Scratch, overtimeMapDirScratch: t.objs.DirScratch,
 		overtimeMapTracked: t.objs.Tracked, overtimeMapHolds: t.objs.Holds, overtimeMapHoldsExpired: t.objs.HoldsExpired,
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spare, ebpf.CollectionOptions{MapReplacements: maps})

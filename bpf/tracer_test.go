@@ -227,7 +227,10 @@ func statStart(t *testing.T, pid int) uint64 {
 	return v
 }
 
-// cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id.
+// cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id. On
+// a pure v1 node (no cgroup2 mounted: /proc/PID/cgroup has no v2 line)
+// every process is in the v2 root, whose id is 1, the inode of the root
+// of any cgroup2 mount.
 func cgroupInode(t *testing.T, pid int) uint64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
@@ -235,6 +238,13 @@ func cgroupInode(t *testing.T, pid int) uint64 {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mi), " - cgroup2 ") {
+		return 1
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
@@ -723,6 +733,95 @@ func TestFileDirs(t *testing.T) {
 	if !r.HasDir || string(r.Dir) != filepath.Join(mnt, "a") || r.HasDir2 {
 		t.Errorf("renameat: dir %q (%v), dir2 %q (%v): want the dirfd's and none for an absolute new name", r.Dir, r.HasDir, r.Dir2, r.HasDir2)
 	}
+}
+
+// TestFileDirLimits checks the bounds of the directory walk at their edges:
+// a directory of DirMax - 1 bytes ("/a/b" is 4) or of 31 steps (names and
+// mount crossings) is read; one byte or one step more is not, and is left
+// to user space.
+func TestFileDirLimits(t *testing.T) {
+	h := newHarness(t, Options{})
+	mnt := filepath.Join(t.TempDir(), "m")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	self := os.Getpid()
+	if err := h.tr.Track(self); err != nil {
+		t.Fatal(err)
+	}
+	defer h.tr.Untrack(self)
+
+	// steps is what the kernel walks from dir up to /: a name per
+	// component, a crossing per mount on the way (from mountinfo).
+	mounts := map[string]int{}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 {
+			mounts[f[4]]++
+		}
+	}
+	steps := func(dir string) int {
+		n := 0
+		for p := dir; p != "/"; p = filepath.Dir(p) {
+			n += 1 + mounts[p]
+		}
+		return n
+	}
+	n := 0
+	check := func(dir string, read bool) {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dfd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(dfd)
+		n++
+		name := fmt.Sprintf("f%d", n)
+		fd, err := unix.Openat(dfd, name, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		r := h.wait(t, name, func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == name })
+		if r.HasDir != read || (read && string(r.Dir) != dir) {
+			t.Errorf("dir of %d bytes, %d steps: %q (read %v), want read %v", len(dir), steps(dir), r.Dir, r.HasDir, read)
+		}
+	}
+
+	// By length: components of up to 200 bytes, the last one sized.
+	long := func(size int) string {
+		dir := filepath.Join(mnt, "len")
+		for len(dir) < size {
+			dir += "/" + strings.Repeat("x", min(200, size-len(dir)-1))
+		}
+		if len(dir) != size {
+			t.Fatalf("cannot make a %d-byte directory below %s", size, mnt)
+		}
+		return dir
+	}
+	check(long(DirMax-1), true)
+	check(long(DirMax), false)
+
+	// By depth: one-byte names down to 31 steps, then one more.
+	dir := filepath.Join(mnt, "deep")
+	for steps(dir) < 31 {
+		dir = filepath.Join(dir, "d")
+	}
+	if steps(dir) != 31 {
+		t.Fatalf("%s: %d steps", dir, steps(dir))
+	}
+	check(dir, true)
+	check(filepath.Join(dir, "d"), false)
 }
 
 func TestLostCounter(t *testing.T) {

@@ -140,7 +140,7 @@ func buildInitramfs(cache string, set testSet, logf func(string, ...any)) (strin
 			err = w.file(name, 0o644, []byte(files[name]))
 		}
 	}
-	for _, s := range []string{"smoke", "full"} {
+	for _, s := range sortedKeys(sets) {
 		if err == nil {
 			err = w.file("opt/ovt/plan."+s, 0o644, planFile(sets[s]))
 		}

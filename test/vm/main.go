@@ -56,7 +56,7 @@ func (c *cell) key() string { return c.k.name + "/" + c.layout }
 
 func main() {
 	home, _ := os.UserHomeDir()
-	setName := flag.String("set", "smoke", "test set: smoke or full")
+	setName := flag.String("set", "smoke", "test set: smoke, full, or bpf (the full set's eBPF tracer tests alone)")
 	cache := flag.String("cache", filepath.Join(home, ".cache", "overtime-vm"), "where kernels and builds are kept")
 	jobs := flag.Int("j", max(1, runtime.NumCPU()), "cells run at once (each VM has one CPU)")
 	only := flag.String("only", "", "run only cells matching KERNEL/LAYOUT globs, comma-separated (e.g. 6.1/v2,5.10/*)")
@@ -65,7 +65,7 @@ func main() {
 	flag.Parse()
 	set, ok := sets[*setName]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke or full\n", *setName)
+		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke, full or bpf\n", *setName)
 		os.Exit(2)
 	}
 	require := os.Getenv("OVERTIME_REQUIRE_TOOLS") != ""
@@ -225,6 +225,10 @@ func (c *cell) finish(require bool) {
 		problems = append(problems, "the guest did not finish")
 	}
 	problems = append(problems, r.notes...)
+	if r.done && len(r.pkgs) == 0 {
+		// A guest that ran nothing has shown nothing: no plan for its set?
+		problems = append(problems, "the guest ran no test binary")
+	}
 	c.status = "PASS"
 	state := "agent starts"
 	if r.refused != "" {

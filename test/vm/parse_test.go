@@ -61,14 +61,20 @@ func TestRefusals(t *testing.T) {
 		kernel, layout, refused string
 		want                    string
 	}{
-		{"5.10", "v1", "err=... BPF_STX uses reserved fields ...", "REFUSED"},
 		{"5.10", "v2", "err=... has no cgroup.kill (needs 5.14)", "REFUSED"},
-		{"5.10", "v2", "err=... BPF_STX uses reserved fields ...", "FAIL"},
-		{"6.12", "v2", "err=... BPF_STX uses reserved fields ...", "FAIL"},
-		{"5.10", "hybrid", "", "FAIL"},
-		{"6.12", "hybrid", "", "PASS"},
+		{"5.10", "v2", "", "FAIL"},
+		{"5.10", "v1", "err=... BPF_STX uses reserved fields ...", "FAIL"},
+		{"6.1", "hybrid", "err=... invalid access to map value ...", "FAIL"},
+		{"6.12", "v2", "err=... has no cgroup.kill (needs 5.14)", "FAIL"},
+		{"5.10", "hybrid", "", "PASS"},
+		{"6.1", "v1", "", "PASS"},
 	} {
 		r := &cellResult{done: true, started: tc.refused == "", refused: tc.refused}
+		if tc.refused == "" {
+			r.pkgs = []*pkgResult{{pkg: "bpf", passed: []string{"TestExecFilter"}, ended: true}}
+		} else {
+			r.pkgs = []*pkgResult{{pkg: "bpf", notRun: true}}
+		}
 		var k kernel
 		for _, x := range kernels {
 			if x.name == tc.kernel {
@@ -80,5 +86,14 @@ func TestRefusals(t *testing.T) {
 		if c.status != tc.want {
 			t.Errorf("%s/%s refused %q: %s, want %s (%s)", tc.kernel, tc.layout, tc.refused, c.status, tc.want, c.line)
 		}
+	}
+}
+
+// A guest that ran no test binary (no plan for its set) fails its cell.
+func TestNothingRunFails(t *testing.T) {
+	c := &cell{k: fetched{kernel: kernels[0]}, layout: "hybrid", res: &cellResult{done: true, started: true}}
+	c.finish(true)
+	if c.status != "FAIL" || !strings.Contains(c.line, "ran no test binary") {
+		t.Fatalf("%s: %s", c.status, c.line)
 	}
 }
