@@ -8,8 +8,10 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # Debian packages the tests run for real: clang/llvm/libbpf-dev rebuild the
 # eBPF objects, restic and borgbackup are the engines, prometheus brings
 # promtool and the server for the alert test.
-# qemu-system-x86 and busybox-static boot the kernel matrix (test/vm).
-APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static
+# qemu-system-x86 and busybox-static boot the kernel matrix (test/vm);
+# containerd and runc run the container test (test/container), whose
+# workload's shell is busybox-static too.
+APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static containerd runc
 HELM_VERSION := v3.22.0
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
@@ -20,6 +22,11 @@ help: ## list the targets
 .PHONY: build
 build: ## build bin/overtime (no clang needed: the eBPF objects are committed)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/overtime
+
+.PHONY: image
+image: ## build the agent image (as the Dockerfile does, no container engine needed) into bin/overtime-image.tar
+	@mkdir -p bin
+	$(GO) run ./internal/ociimage/mkimage -o bin/overtime-image.tar -version $(VERSION) -commit $(COMMIT)
 
 .PHONY: generate
 generate: deps-generate ## rebuild the eBPF objects with bpf2go (needs clang)

@@ -1,12 +1,10 @@
 package charts
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"overtime/agent"
 	"path/filepath"
 	"reflect"
@@ -17,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"overtime/internal/charttest"
 	"overtime/internal/testtool"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -28,8 +27,8 @@ import (
 const chartDir = "overtime"
 
 const (
-	releaseName      = "overtime"
-	releaseNamespace = "overtime-system"
+	releaseName      = charttest.ReleaseName
+	releaseNamespace = charttest.ReleaseNamespace
 )
 
 // registryMetricNames returns the names the agent registers on its
@@ -66,29 +65,13 @@ var allOptional = []string{
 	"--set", "securityContext.appArmorLegacyAnnotation=true",
 }
 
-// ---- tools -------------------------------------------------------------
+// ---- tools and rendering (shared with test/container: internal/charttest) ----
 
 // tool finds a command the test runs (see testtool.Find).
 func tool(t *testing.T, name string) string { return testtool.Find(t, name) }
 
 // run runs a command and returns its stdout; stderr goes into the error.
-func run(bin string, args ...string) (string, error) {
-	cmd := exec.Command(bin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	// Keep helm away from the user's repositories and caches.
-	home := os.TempDir()
-	cmd.Env = append(os.Environ(),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "overtime-chart-test", "config"),
-		"HELM_CACHE_HOME="+filepath.Join(home, "overtime-chart-test", "cache"),
-		"HELM_DATA_HOME="+filepath.Join(home, "overtime-chart-test", "data"),
-	)
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s %s: %w\nstdout:\n%s\nstderr:\n%s",
-			filepath.Base(bin), strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String(), nil
-}
+func run(bin string, args ...string) (string, error) { return charttest.Run(bin, args...) }
 
 func mustRun(t *testing.T, bin string, args ...string) string {
 	t.Helper()
@@ -99,88 +82,31 @@ func mustRun(t *testing.T, bin string, args ...string) string {
 	return out
 }
 
-// ---- rendering -----------------------------------------------------------
-
 // manifest is one document of `helm template` output.
-type manifest struct {
-	Kind, Name, Source string
-	Doc                []byte
-}
-
-var sourceLine = regexp.MustCompile(`(?m)^# Source: (\S+)`)
+type manifest = charttest.Manifest
 
 // helmTemplate renders the chart with extra helm arguments.
 func helmTemplate(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	helm := tool(t, "helm")
-	base := []string{"template", releaseName, chartDir, "--namespace", releaseNamespace}
-	return run(helm, append(base, args...)...)
+	return charttest.Template(t, chartDir, args...)
 }
 
 // render renders the chart and splits it into its manifests.
 func render(t *testing.T, args ...string) []manifest {
 	t.Helper()
-	out, err := helmTemplate(t, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []manifest
-	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(out, -1) {
-		var head struct {
-			Kind     string `json:"kind"`
-			Metadata struct {
-				Name string `json:"name"`
-			} `json:"metadata"`
-		}
-		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
-			t.Fatalf("rendered document is not YAML: %v\n%s", err, doc)
-		}
-		if head.Kind == "" {
-			if strings.TrimSpace(stripComments(doc)) != "" {
-				t.Fatalf("rendered document has no kind:\n%s", doc)
-			}
-			continue
-		}
-		m := manifest{Kind: head.Kind, Name: head.Metadata.Name, Doc: []byte(doc)}
-		if s := sourceLine.FindStringSubmatch(doc); s != nil {
-			m.Source = s[1]
-		}
-		ms = append(ms, m)
-	}
-	return ms
-}
-
-func stripComments(doc string) string {
-	var b strings.Builder
-	for _, l := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			b.WriteString(l + "\n")
-		}
-	}
-	return b.String()
+	return charttest.Render(t, chartDir, args...)
 }
 
 // strict decodes a manifest into out, failing on unknown or duplicate fields.
 func strict(t *testing.T, m manifest, out any) {
 	t.Helper()
-	if err := yaml.UnmarshalStrict(m.Doc, out); err != nil {
-		t.Fatalf("%s %s (%s) does not decode strictly into %T: %v", m.Kind, m.Name, m.Source, out, err)
-	}
+	charttest.Strict(t, m, out)
 }
 
 // only returns the single manifest of kind (and name, if not empty).
 func only(t *testing.T, ms []manifest, kind, name string) manifest {
 	t.Helper()
-	var found []manifest
-	for _, m := range ms {
-		if m.Kind == kind && (name == "" || m.Name == name) {
-			found = append(found, m)
-		}
-	}
-	if len(found) != 1 {
-		t.Fatalf("want one %s %q in the rendered chart, found %d", kind, name, len(found))
-	}
-	return found[0]
+	return charttest.Only(t, ms, kind, name)
 }
 
 func kinds(ms []manifest) []string {
@@ -287,18 +213,12 @@ func decodeAll(t *testing.T, ms []manifest) {
 
 func daemonSet(t *testing.T, args ...string) *appsv1.DaemonSet {
 	t.Helper()
-	var ds appsv1.DaemonSet
-	strict(t, only(t, render(t, args...), "DaemonSet", ""), &ds)
-	return &ds
+	return charttest.DaemonSet(t, render(t, args...))
 }
 
 func agentContainer(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
 	t.Helper()
-	cs := ds.Spec.Template.Spec.Containers
-	if len(cs) != 1 {
-		t.Fatalf("want one container in the DaemonSet, got %d", len(cs))
-	}
-	return cs[0]
+	return charttest.AgentContainer(t, ds)
 }
 
 // ---- lint and render -------------------------------------------------------
