@@ -34,6 +34,9 @@ type Options struct {
 	Config   *Config
 	Source   Source
 	Enforcer Enforcer
+	// Progress samples trees for stall detection and diagnoses unkillable
+	// processes (nil: neither is done).
+	Progress Progress
 	Clock    Clock
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -52,6 +55,7 @@ const DefaultFilesIdle = 30 * time.Second
 type Agent struct {
 	src   Source
 	enf   Enforcer
+	prog  Progress
 	clock Clock
 	log   *slog.Logger
 	m     *Metrics
@@ -74,6 +78,18 @@ type Agent struct {
 	// failed, they stay on.
 	filesOn, filesArmed, filesPinned, filterAll bool
 	filesIdle                                   time.Duration
+
+	// Progress sampling (see stall.go): trees due for the next pass, a
+	// pass in flight, a timerPass queued, when the last pass started.
+	due                           []*tree
+	passBusy, passArmed, passEver bool
+	lastPass                      time.Duration
+
+	// Work done off the loop comes back on these (see stall.go).
+	passes    chan samplePass
+	diagnoses chan diagnosis
+	workers   sync.WaitGroup
+	done      chan struct{} // closed when Run returns
 
 	// Tree cgroups are removed off the loop (see release).
 	releaseOnce sync.Once
@@ -108,6 +124,7 @@ func New(o Options) *Agent {
 	a := &Agent{
 		src:       o.Source,
 		enf:       o.Enforcer,
+		prog:      o.Progress,
 		clock:     o.Clock,
 		log:       o.Logger,
 		self:      o.Self,
@@ -120,6 +137,9 @@ func New(o Options) *Agent {
 		filesIdle: o.FilesIdle,
 		pings:     make(chan chan struct{}),
 		reloads:   make(chan *Config, 1),
+		passes:    make(chan samplePass, 1),
+		diagnoses: make(chan diagnosis, 256),
+		done:      make(chan struct{}),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
 	o.Registry.MustRegister(&tableCollector{a: a}, scanCollector{src: o.Source})
@@ -380,6 +400,7 @@ func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration)
 	}
 	a.trees[name] = t
 	a.timers.add(timer{at: t.deadline, kind: timerDeadline, tree: t})
+	a.watchProgress(t, a.clock.Now())
 	return t
 }
 
@@ -756,7 +777,8 @@ func (a *Agent) tick(now time.Duration) {
 				a.deadline(t, now)
 			}
 		case timerKill:
-			if !t.ended && a.trees[t.name] == t {
+			// (In monitor mode a stalled tree may have resumed since.)
+			if !t.ended && a.trees[t.name] == t && (!t.endStalled || t.stalled || t.overdue) {
 				a.kill(t, now)
 			}
 		case timerConfirm:
@@ -765,6 +787,11 @@ func (a *Agent) tick(now time.Duration) {
 			}
 		case timerFiles:
 			a.filesTimer(now)
+		case timerSample:
+			a.sampleDue(t, now)
+		case timerPass:
+			a.passArmed = false
+			a.startPass(now)
 		case timerGone:
 			if p, ok := a.procs[tm.pid]; ok && p.tree == t && !p.exited {
 				a.memberExited(p, now, 0)
@@ -788,17 +815,40 @@ func (a *Agent) tick(now time.Duration) {
 	}
 }
 
-// deadline: the tree is overdue; send the rule's signal to all of it.
+// deadline: the tree is overdue; send the rule's signal to all of it,
+// unless it is already being ended (it stalled).
 func (a *Agent) deadline(t *tree, now time.Duration) {
 	t.overdue = true
+	a.m.timeouts.WithLabelValues(t.rule.Name).Inc()
+	if t.signalled || t.killed {
+		return
+	}
+	t.endStalled = false
+	t.killAt = t.deadline + t.rule.Kill.Grace
+	a.end(t, now, "deadline reached")
+}
+
+// end ends t, overdue or stalled: the rule's signal now, SIGKILL after the
+// grace.
+func (a *Agent) end(t *tree, now time.Duration, why string) {
 	r := t.rule
-	a.m.timeouts.WithLabelValues(r.Name).Inc()
+	if t.endStalled {
+		t.killAt = now + r.Kill.Grace
+	}
 	if r.Kill.Signal == unix.SIGKILL {
 		a.kill(t, now)
 		return
 	}
 	a.timers.add(timer{at: t.killAt, kind: timerKill, tree: t})
-	a.signal(t, r.Kill.Signal, r.Kill.SignalName, "deadline reached")
+	a.signal(t, r.Kill.Signal, r.Kill.SignalName, why)
+}
+
+// endLabel starts the log messages about ending t.
+func endLabel(t *tree) string {
+	if t.endStalled {
+		return stallReason
+	}
+	return "overdue"
 }
 
 func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
@@ -806,7 +856,7 @@ func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
 	if a.monitor() {
 		a.m.kills.WithLabelValues(r.Name, name, "skipped_monitor").Inc()
 		a.record(t, t.rootPID, "signal", "skipped_monitor", why+": would send "+name)
-		a.log.Warn("overdue: would send "+name+" (monitor mode)", a.rootAttrs(t)...)
+		a.log.Warn(endLabel(t)+": would send "+name+" (monitor mode)", a.rootAttrs(t)...)
 		return
 	}
 	n, err := a.enf.Signal(t.name, sig)
@@ -814,24 +864,31 @@ func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
 	if err != nil {
 		a.m.kills.WithLabelValues(r.Name, name, "error").Inc()
 		a.record(t, t.rootPID, "signal", "error", err.Error())
-		a.log.Error("overdue: "+name+" failed", a.rootAttrs(t, "err", err)...)
+		a.log.Error(endLabel(t)+": "+name+" failed", a.rootAttrs(t, "err", err)...)
 		return
 	}
 	a.m.kills.WithLabelValues(r.Name, name, "ok").Inc()
 	a.record(t, t.rootPID, "signal", "ok", why+": sent "+name)
-	a.log.Warn("overdue: sent "+name+" to the tree", a.rootAttrs(t, "processes", n)...)
+	a.log.Warn(endLabel(t)+": sent "+name+" to the tree", a.rootAttrs(t, "processes", n)...)
 }
 
 // kill: deadline + grace, the tree is still alive: SIGKILL through its cgroup.
 func (a *Agent) kill(t *tree, now time.Duration) {
 	r := t.rule
+	prefix := ""
+	if t.endStalled {
+		prefix = stallReason + ": "
+	}
 	if a.monitor() {
 		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "skipped_monitor").Inc()
-		a.record(t, t.rootPID, "kill", "skipped_monitor", "grace over: would kill the tree")
-		a.log.Warn("overdue past grace: would kill the tree (monitor mode)", a.rootAttrs(t)...)
+		a.record(t, t.rootPID, "kill", "skipped_monitor", prefix+"grace over: would kill the tree")
+		a.log.Warn(endLabel(t)+" past grace: would kill the tree (monitor mode)", a.rootAttrs(t)...)
 		return
 	}
 	err := a.enf.Kill(t.name)
+	if !t.killed {
+		t.killedAt = now
+	}
 	t.killed = true
 	if err != nil {
 		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "error").Inc()
@@ -839,7 +896,7 @@ func (a *Agent) kill(t *tree, now time.Duration) {
 		a.log.Error("kill failed", a.rootAttrs(t, "err", err)...)
 	} else {
 		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "ok").Inc()
-		a.record(t, t.rootPID, "kill", "ok", "grace over: SIGKILL to the tree")
+		a.record(t, t.rootPID, "kill", "ok", prefix+"grace over: SIGKILL to the tree")
 		a.log.Warn("killed the tree", a.rootAttrs(t)...)
 	}
 	a.timers.add(timer{at: now + confirmDelay(0), kind: timerConfirm, tree: t})
@@ -862,6 +919,9 @@ func (a *Agent) confirm(t *tree, now time.Duration) {
 	a.log.Error("tree still alive after SIGKILL; killing again", a.rootAttrs(t, "alive", t.live)...)
 	if err := a.enf.Kill(t.name); err != nil {
 		a.m.kills.WithLabelValues(t.rule.Name, "SIGKILL", "error").Inc()
+	}
+	if now-t.killedAt >= unkillableAfter {
+		a.unkillable(t, now)
 	}
 	a.timers.add(timer{at: now + confirmDelay(t.confirmTry), kind: timerConfirm, tree: t})
 }

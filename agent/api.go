@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"overtime/collector"
 )
 
 // ProcessInfo is one tracked process, as /api/v1/processes shows it.
@@ -25,10 +27,17 @@ type ProcessInfo struct {
 	StartedAt      time.Time `json:"started_at"`
 	Deadline       time.Time `json:"deadline"`
 	RuntimeSeconds float64   `json:"runtime_seconds"`
-	State          State     `json:"state"`
-	Orphaned       bool      `json:"orphaned"`
-	OpenFiles      []string  `json:"open_files"`
-	CreatedFiles   []string  `json:"created_files"`
+	// LastProgress and StalledSeconds are set on the root of a tree whose
+	// rule has a stall: the last sample that saw the tree read or write a
+	// byte or use 1% of a CPU (or when tracking began), and the time since.
+	LastProgress   *time.Time `json:"last_progress"`
+	StalledSeconds float64    `json:"stalled_seconds"`
+	State          State      `json:"state"`
+	// Blocked says what an unkillable process waits for in the kernel.
+	Blocked      *collector.Blocked `json:"blocked,omitempty"`
+	Orphaned     bool               `json:"orphaned"`
+	OpenFiles    []string           `json:"open_files"`
+	CreatedFiles []string           `json:"created_files"`
 }
 
 // wallNow is the wall clock, for API times.
@@ -55,7 +64,12 @@ func (a *Agent) Processes() []ProcessInfo {
 			Cgroup: p.Cgroup, PodUID: p.podUID, ContainerID: p.containerID,
 			StartedAt: a.wall(p.Start), Deadline: a.wall(t.deadline),
 			RuntimeSeconds: (end - p.Start).Seconds(), State: p.state(), Orphaned: p.orphaned,
-			OpenFiles: []string{}, CreatedFiles: []string{},
+			OpenFiles: []string{}, CreatedFiles: []string{}, Blocked: p.blocked,
+		}
+		if p.PID == t.rootPID && t.rule.Stall > 0 && a.prog != nil {
+			lp := a.wall(t.lastProgress)
+			info.LastProgress = &lp
+			info.StalledSeconds = max(0, end-t.lastProgress).Seconds()
 		}
 		for _, c := range t.created {
 			// Each process lists what it created; the root also lists what
@@ -94,6 +108,7 @@ func (a *Agent) Actions() []Action {
 type tableStats struct {
 	rules                               []string
 	tracked, overdue, orphaned, zombies map[string]int
+	unkillable                          map[string]int
 	overdueProcs                        []overdueProc
 }
 
@@ -108,6 +123,7 @@ func (a *Agent) stats() tableStats {
 	s := tableStats{
 		tracked: map[string]int{}, overdue: map[string]int{},
 		orphaned: map[string]int{}, zombies: map[string]int{},
+		unkillable: map[string]int{},
 	}
 	seen := map[string]bool{}
 	for _, r := range a.cfg.Rules {
@@ -129,6 +145,9 @@ func (a *Agent) stats() tableStats {
 		s.tracked[r]++
 		if p.orphaned {
 			s.orphaned[r]++
+		}
+		if p.unkillable {
+			s.unkillable[r]++
 		}
 		if p.tree.overdue {
 			s.overdue[r]++

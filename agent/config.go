@@ -46,14 +46,21 @@ type Limits struct {
 	MaxCreatedFiles int
 }
 
+// MinStall is the shortest stall a rule may set: trees are sampled at most
+// once a second, so a shorter one could not be told from noise.
+const MinStall = time.Second
+
 // DefaultLimits are the limits when the config names none.
 var DefaultLimits = Limits{MaxTracked: 20000, MaxCreatedFiles: 1024}
 
 // Rule says which processes to watch and what to do with them.
 type Rule struct {
-	Name       string
-	Match      Match
-	Timeout    time.Duration
+	Name    string
+	Match   Match
+	Timeout time.Duration
+	// Stall ends a tree that made no progress for this long (0: off): its
+	// members read or wrote no bytes and used < 1% of one CPU.
+	Stall      time.Duration
 	MaxRunning int
 	Kill       Kill
 	Cleanup    Cleanup
@@ -342,6 +349,17 @@ func (p *parser) rule(n *yaml.Node, f string) *Rule {
 			r.Timeout = p.duration(n, f)
 			if r.Timeout <= 0 && len(p.problems) == before {
 				p.add(n.Line, f, "must be greater than 0")
+			}
+		},
+		"stall": func(n *yaml.Node, f string) {
+			at := len(p.problems)
+			r.Stall = p.duration(n, f)
+			switch {
+			case len(p.problems) > at:
+			case r.Stall < 0:
+				p.add(n.Line, f, "must not be negative (0 turns stall detection off)")
+			case r.Stall > 0 && r.Stall < MinStall:
+				p.add(n.Line, f, fmt.Sprintf("%v is too short: progress is sampled at most once a second, use %v or more (0 turns it off)", r.Stall, MinStall))
 			}
 		},
 		"max_running": func(n *yaml.Node, f string) {

@@ -21,6 +21,18 @@ func TestDefaultConfigIsValid(t *testing.T) {
 	if cfg.Mode != ModeEnforce || cfg.Listen != DefaultListen {
 		t.Fatalf("defaults mode=%s listen=%s", cfg.Mode, cfg.Listen)
 	}
+	// Backup engines that may run for hours are ended early when they stop
+	// making progress; Longhorn's short wall-clock timeouts need no stall.
+	for _, r := range cfg.Rules {
+		want := time.Duration(0)
+		switch r.Name {
+		case "restic", "borg", "kopia":
+			want = 30 * time.Minute
+		}
+		if r.Stall != want {
+			t.Errorf("default rule %s: stall %v, want %v", r.Name, r.Stall, want)
+		}
+	}
 	f := cfg.Filter()
 	if f.All || len(f.Hold) != 0 {
 		t.Fatalf("default rules must all be prefiltered in the kernel, none held: %+v", f)
@@ -72,6 +84,7 @@ rules:
   - name: a
     match: {exe: ["*/x"], cgroup: ["/kubepods*"]}
     timeout: 90s
+    stall: 3s
     max_running: 3
     kill: {signal: INT, grace: 1s}
     cleanup: {paths: ["/tmp/a-*"]}
@@ -83,7 +96,7 @@ rules:
 	if cfg.Mode != ModeMonitor || cfg.Listen != "0.0.0.0:9000" || cfg.Limits.MaxTracked != 10 || cfg.Limits.MaxCreatedFiles != 5 {
 		t.Fatalf("top level = %+v", cfg)
 	}
-	if r.Timeout != 90*time.Second || r.MaxRunning != 3 || r.Kill.SignalName != "SIGINT" || r.Kill.Grace != time.Second {
+	if r.Timeout != 90*time.Second || r.Stall != 3*time.Second || r.MaxRunning != 3 || r.Kill.SignalName != "SIGINT" || r.Kill.Grace != time.Second {
 		t.Fatalf("rule = %+v", r)
 	}
 	if len(r.Cleanup.When) != 1 || r.Cleanup.When[0] != "killed" {
@@ -124,6 +137,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty", "", []string{"c.yaml:1: (document): empty config"}},
 		{"rules not a list", "rules: {a: 1}\n", []string{"c.yaml:1: rules: must be a list"}},
 		{"negative cap", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    max_running: -1\n", []string{"c.yaml:5: rules[0].max_running"}},
+		{"negative stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: -1s\n", []string{"c.yaml:5: rules[0].stall: must not be negative"}},
+		{"short stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 500ms\n", []string{"c.yaml:5: rules[0].stall: 500ms is too short"}},
+		{"bad stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: soon\n", []string{"c.yaml:5: rules[0].stall: \"soon\" is not a Go duration"}},
 		{"several at once", "mode: x\nrules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 0\n",
 			[]string{"c.yaml:1: mode:", "c.yaml:5: rules[0].timeout:"}},
 	}

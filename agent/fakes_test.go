@@ -307,12 +307,75 @@ func (e *fakeEnforcer) callList() []string {
 	return append([]string(nil), e.calls...)
 }
 
+// fakeProgress is a Progress whose counters the test sets.
+type fakeProgress struct {
+	mu      sync.Mutex
+	usage   map[int]collector.Usage // by pid; a pid absent is gone
+	passes  [][]int                 // the pids of each Sample call
+	blocked map[int]collector.Blocked
+}
+
+func newFakeProgress() *fakeProgress {
+	return &fakeProgress{usage: map[int]collector.Usage{}, blocked: map[int]collector.Blocked{}}
+}
+
+func (f *fakeProgress) Sample(members []collector.Member) []collector.Usage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var pids []int
+	var out []collector.Usage
+	for _, m := range members {
+		pids = append(pids, m.PID)
+		if u, ok := f.usage[m.PID]; ok {
+			u.PID, u.Born = m.PID, m.Born
+			out = append(out, u)
+		}
+	}
+	sort.Ints(pids)
+	f.passes = append(f.passes, pids)
+	return out
+}
+
+func (f *fakeProgress) Diagnose(pid int, born time.Duration) (collector.Blocked, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.blocked[pid]
+	if !ok {
+		return b, collector.ErrGone
+	}
+	return b, nil
+}
+
+// set gives pid's cumulative counters.
+func (f *fakeProgress) set(pid int, io uint64, cpu time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.usage[pid] = collector.Usage{IO: io, CPU: cpu}
+}
+
+// add moves pid's counters on.
+func (f *fakeProgress) add(pid int, io uint64, cpu time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.usage[pid]
+	u.IO += io
+	u.CPU += cpu
+	f.usage[pid] = u
+}
+
+func (f *fakeProgress) passCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.passes)
+}
+
 // harness is an agent driven step by step: events and clock by the test.
 type harness struct {
 	t     *testing.T
 	a     *Agent
 	src   *fakeSource
 	enf   *fakeEnforcer
+	prog  *fakeProgress
 	clock *fakeClock
 	reg   *prometheus.Registry
 }
@@ -323,9 +386,9 @@ func newHarness(t *testing.T, yaml string) *harness {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
+	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), prog: newFakeProgress(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
 	h.enf.src = h.src
-	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Clock: h.clock, Registry: h.reg, Self: 1})
+	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Progress: h.prog, Clock: h.clock, Registry: h.reg, Self: 1})
 	return h
 }
 
@@ -336,13 +399,37 @@ func (h *harness) start() {
 	}
 }
 
-// at moves the clock to d and runs the timers due.
+// at moves the clock to d and runs the timers due; the work they start
+// off the loop (progress passes, diagnoses) comes back and is applied, as
+// the loop would, at the same instant.
 func (h *harness) at(d time.Duration) {
 	h.clock.set(d)
 	h.a.mu.Lock()
 	h.a.tick(d)
 	h.a.mu.Unlock()
+	h.settle()
 	h.a.releasing.Wait()
+}
+
+// settle waits for the work off the loop and applies its results.
+func (h *harness) settle() {
+	for {
+		h.a.workers.Wait()
+		select {
+		case p := <-h.a.passes:
+			h.a.mu.Lock()
+			h.a.applyPass(p)
+			h.a.mu.Unlock()
+			continue
+		case d := <-h.a.diagnoses:
+			h.a.mu.Lock()
+			h.a.applyDiagnosis(d)
+			h.a.mu.Unlock()
+			continue
+		default:
+		}
+		return
+	}
 }
 
 // send applies one event, then waits for the tree cgroup removals it

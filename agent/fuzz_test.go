@@ -12,6 +12,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(DefaultConfigYAML())
 	f.Add([]byte(resticRule))
 	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"/**\"]}\n"))
+	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 3s\n"))
+	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 10ms\n"))
 	f.Add([]byte("mode: [\n"))
 	f.Add([]byte("rules: [{name: x, match: {args: ['[']}, timeout: -1s, kill: {signal: 9}}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -21,7 +23,7 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatal("a valid config with no rules")
 			}
 			for _, r := range cfg.Rules {
-				if r.Timeout <= 0 || r.Name == "" {
+				if r.Timeout <= 0 || r.Name == "" || r.Stall < 0 || (r.Stall > 0 && r.Stall < MinStall) {
 					t.Fatalf("invalid rule accepted: %+v", r)
 				}
 				for _, g := range r.Cleanup.Paths {

@@ -16,6 +16,7 @@ const eventBatch = 256
 // runs the event loop until ctx is done; then it gives every tree still
 // alive back to its original cgroup and removes the cgroups it made.
 func (a *Agent) Run(ctx context.Context) error {
+	defer close(a.done)
 	events := make(chan collector.Event, 16384)
 	srcCtx, stopSrc := context.WithCancel(context.Background())
 	defer stopSrc()
@@ -74,6 +75,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.mu.Unlock()
 		case <-due:
+		case pass := <-a.passes:
+			a.mu.Lock()
+			a.applyPass(pass)
+			a.mu.Unlock()
+		case d := <-a.diagnoses:
+			a.mu.Lock()
+			a.applyDiagnosis(d)
+			a.mu.Unlock()
 		case reply := <-a.pings:
 			close(reply)
 		case cfg := <-a.reloads:

@@ -20,6 +20,8 @@ var (
 		"Tracked processes still alive after the process that started them exited, by rule.", []string{"rule"}, nil)
 	zombieDesc = prometheus.NewDesc("overtime_zombie_processes",
 		"Tracked processes that exited and were never reaped by their parent, by rule.", []string{"rule"}, nil)
+	unkillableDesc = prometheus.NewDesc("overtime_unkillable_processes",
+		"Tracked processes still alive some seconds after SIGKILL (uninterruptible sleep), by rule.", []string{"rule"}, nil)
 	overdueInfoDesc = prometheus.NewDesc("overtime_overdue_process_info",
 		"One series per overdue process still alive (value 1); it goes away with the process.",
 		[]string{"rule", "pid", "comm", "pod_uid", "container_id"}, nil)
@@ -31,6 +33,7 @@ type Metrics struct {
 	capped         *prometheus.CounterVec
 	runtime        *prometheus.HistogramVec
 	timeouts       *prometheus.CounterVec
+	stalls         *prometheus.CounterVec
 	kills          *prometheus.CounterVec
 	killLatency    *prometheus.HistogramVec
 	removedFiles   *prometheus.CounterVec
@@ -68,6 +71,10 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "overtime_timeouts_total",
 			Help: "Process trees that reached their deadline.",
+		}, []string{"rule"}),
+		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "overtime_stalls_total",
+			Help: "Process trees that made no progress (no bytes read or written, under 1% of a CPU) for their rule's stall.",
 		}, []string{"rule"}),
 		kills: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "overtime_kills_total",
@@ -127,7 +134,7 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 		m.events.WithLabelValues(t)
 	}
 	m.buildInfo.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
-	reg.MustRegister(m.capped, m.runtime, m.timeouts, m.kills, m.killLatency,
+	reg.MustRegister(m.capped, m.runtime, m.timeouts, m.stalls, m.kills, m.killLatency,
 		m.removedFiles, m.removedBytes, m.cleanupSkipped, m.cleanupErrors,
 		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.fileTracing, m.buildInfo)
 	return m
@@ -198,6 +205,7 @@ func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- overdueDesc
 	ch <- orphanedDesc
 	ch <- zombieDesc
+	ch <- unkillableDesc
 	ch <- overdueInfoDesc
 }
 
@@ -211,6 +219,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(overdueDesc, prometheus.GaugeValue, float64(s.overdue[r]), r)
 		ch <- prometheus.MustNewConstMetric(orphanedDesc, prometheus.GaugeValue, float64(s.orphaned[r]), r)
 		ch <- prometheus.MustNewConstMetric(zombieDesc, prometheus.GaugeValue, float64(s.zombies[r]), r)
+		ch <- prometheus.MustNewConstMetric(unkillableDesc, prometheus.GaugeValue, float64(s.unkillable[r]), r)
 	}
 	for _, p := range s.overdueProcs {
 		ch <- prometheus.MustNewConstMetric(overdueInfoDesc, prometheus.GaugeValue, 1,

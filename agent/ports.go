@@ -88,3 +88,16 @@ type Enforcer interface {
 	// "held_open", "not_empty", "gone"). With dryRun it only checks.
 	Remove(tree, path string, dev, ino uint64, dryRun bool) (freed int64, skip string, err error)
 }
+
+// Progress reads what the members of a tree have done, for stall detection,
+// and what a process that outlived SIGKILL is blocked on. collector.Procfs
+// satisfies it; tests use a fake. The agent calls it off the event loop
+// only (it reads procfs).
+type Progress interface {
+	// Sample returns the cumulative I/O and CPU of each member still alive
+	// with its start time; the others are left out.
+	Sample(members []collector.Member) []collector.Usage
+	// Diagnose says what process pid (started at born) is blocked on; an
+	// error means it is gone.
+	Diagnose(pid int, born time.Duration) (collector.Blocked, error)
+}

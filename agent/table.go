@@ -18,6 +18,7 @@ const (
 	StateOverdue     State = "overdue"
 	StateTerminating State = "terminating"
 	StateKilled      State = "killed"
+	StateUnkillable  State = "unkillable" // alive some seconds after SIGKILL
 	StateExited      State = "exited"
 	StateZombie      State = "zombie"
 )
@@ -39,6 +40,15 @@ type proc struct {
 	status   int // wait(2)-style
 	zombie   bool
 	orphaned bool
+
+	// The last progress sample of this member (see stall.go).
+	io      uint64
+	cpu     time.Duration
+	sampled bool
+	// unkillable: alive unkillableAfter past SIGKILL; blocked is what the
+	// kernel shows it waits for, once read.
+	unkillable bool
+	blocked    *collector.Blocked
 }
 
 // tree is a matched process and every process it forked, down the
@@ -59,6 +69,15 @@ type tree struct {
 	counted    bool // counts towards its rule's max_running
 	rootStatus int
 	confirmTry int
+	killedAt   time.Duration // when SIGKILL was first sent
+
+	// Progress, for a rule with stall (see stall.go).
+	lastProgress time.Duration // the last sample that saw progress, or tracking start
+	cpuSince     time.Duration // CPU the members used since lastProgress
+	sampledAt    time.Duration // the last sample: members born after it count from zero
+	sampling     bool          // a sample is queued or in flight
+	stalled      bool          // no progress for the rule's stall (once per episode)
+	endStalled   bool          // being ended because it stalled, not at its deadline
 
 	members map[int]*proc
 	live    int
@@ -114,6 +133,8 @@ func (p *proc) state() State {
 		return StateKilled
 	case p.exited:
 		return StateExited
+	case p.unkillable:
+		return StateUnkillable
 	case t.killed:
 		return StateKilled
 	case t.signalled:

@@ -15,6 +15,8 @@ const (
 	timerZombie                    // an exited member still unreaped?
 	timerGone                      // a member gone at confinement: did its exit come?
 	timerFiles                     // nothing tracked for a while: detach the file tracepoints
+	timerSample                    // a tree with a stall is due for a progress sample
+	timerPass                      // a procfs pass may start (at most one a second)
 )
 
 // goneGrace is how long a member found gone at confinement waits for its

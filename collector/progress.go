@@ -1,0 +1,172 @@
+package collector
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Member names one process of a tree for a progress sample: its PID and
+// its start time, so a PID reused by another process is never read for it.
+type Member struct {
+	PID  int
+	Born time.Duration
+}
+
+// Usage is what one process has done since it started, as the kernel
+// counts it for the whole thread group.
+type Usage struct {
+	PID  int
+	Born time.Duration
+	// IO is rchar + wchar of /proc/PID/io: bytes passed to read and write
+	// calls of any kind (files, pipes, sockets), so network I/O to a
+	// backend counts too. It includes exited threads and reaped children.
+	IO uint64
+	// CPU is utime + stime of /proc/PID/stat, every thread.
+	CPU time.Duration
+}
+
+// Sample reads the usage of each member. A member that is gone, or whose
+// PID now names a process with another start time, is left out: the
+// result has one entry per member that could be read.
+func (p *Procfs) Sample(members []Member) []Usage {
+	out := make([]Usage, 0, len(members))
+	for _, m := range members {
+		proc, err := p.fs.Proc(m.PID)
+		if err != nil {
+			continue
+		}
+		st, err := proc.Stat()
+		if err != nil || TicksToBoot(st.Starttime) != m.Born {
+			continue
+		}
+		io, err := proc.IO()
+		if err != nil {
+			continue
+		}
+		out = append(out, Usage{
+			PID: m.PID, Born: m.Born,
+			IO:  io.RChar + io.WChar,
+			CPU: time.Duration(st.UTime+st.STime) * (time.Second / userHZ),
+		})
+	}
+	return out
+}
+
+// Blocked says what a process that outlived SIGKILL is waiting for, as far
+// as the kernel shows it.
+type Blocked struct {
+	// State is the state letter and name from /proc/PID/stat ("D" is
+	// uninterruptible sleep).
+	State string `json:"state"`
+	// Wchan is the kernel function the process sleeps in.
+	Wchan string `json:"wchan,omitempty"`
+	// Stack is the kernel stack (/proc/PID/stack), innermost first, where
+	// readable.
+	Stack []string `json:"stack,omitempty"`
+	// FSType, MountPoint and Source describe the mount the process is
+	// blocked on: the network or FUSE filesystem of one of its open files
+	// or of its working directory (paths as the process sees them).
+	FSType     string `json:"fs_type,omitempty"`
+	MountPoint string `json:"mount_point,omitempty"`
+	Source     string `json:"source,omitempty"`
+	// File is the open file (or the working directory) on that mount.
+	File string `json:"file,omitempty"`
+}
+
+// remoteFS are filesystems whose operations wait on something outside the
+// node (a server, a daemon): where a process sleeps uninterruptibly when it
+// stops answering.
+var remoteFS = []string{"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "glusterfs", "lustre", "afs", "fuse", "fuseblk", "virtiofs", "gfs2", "ocfs2"}
+
+func isRemoteFS(t string) bool {
+	base, _, _ := strings.Cut(t, ".") // fuse.sshfs, fuse.rclone
+	for _, r := range remoteFS {
+		if base == r {
+			return true
+		}
+	}
+	return false
+}
+
+// Diagnose reads what process pid (started at born) is blocked on: its
+// state, wchan and kernel stack, and the network or FUSE mount of an open
+// file or its working directory, from its own mount table. It reads what
+// it can; an error means the process is gone.
+func (p *Procfs) Diagnose(pid int, born time.Duration) (Blocked, error) {
+	var b Blocked
+	proc, err := p.fs.Proc(pid)
+	if err != nil {
+		return b, fmt.Errorf("process %d: %w", pid, ErrGone)
+	}
+	st, err := proc.Stat()
+	if err != nil || TicksToBoot(st.Starttime) != born {
+		return b, fmt.Errorf("process %d: %w", pid, ErrGone)
+	}
+	b.State = st.State
+	if w, err := proc.Wchan(); err == nil && w != "0" {
+		b.Wchan = w
+	}
+	if raw, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "stack")); err == nil {
+		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			// "[<0>] fuse_simple_request+0x1a0/0x2d0": keep the symbol.
+			if _, sym, ok := strings.Cut(line, "] "); ok {
+				line = sym
+			}
+			if line = strings.TrimSpace(line); line != "" {
+				b.Stack = append(b.Stack, line)
+			}
+		}
+	}
+	mounts, err := proc.MountInfo()
+	if err != nil {
+		return b, nil
+	}
+	// Longest mount point first: the mount a path is on.
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].MountPoint) > len(mounts[j].MountPoint) })
+	var paths []string
+	if cwd, err := proc.Cwd(); err == nil {
+		paths = append(paths, cwd)
+	}
+	if files, err := p.OpenFiles(pid); err == nil {
+		paths = append(paths, files...)
+	}
+	for _, path := range paths {
+		path = strings.TrimSuffix(path, " (deleted)")
+		for _, m := range mounts {
+			if !under(path, m.MountPoint) {
+				continue
+			}
+			if isRemoteFS(m.FSType) {
+				b.FSType, b.MountPoint, b.Source, b.File = m.FSType, m.MountPoint, m.Source, path
+				return b, nil
+			}
+			break
+		}
+	}
+	// No open file on such a mount (a stat or lookup by path): when the
+	// kernel stack names one filesystem and the process has exactly one
+	// mount of it, that is the one.
+	stack := strings.Join(b.Stack, " ") + " " + b.Wchan
+	var hit []int
+	for i, m := range mounts {
+		base, _, _ := strings.Cut(m.FSType, ".")
+		if isRemoteFS(m.FSType) && strings.Contains(stack, base+"_") {
+			hit = append(hit, i)
+		}
+	}
+	if len(hit) == 1 {
+		m := mounts[hit[0]]
+		b.FSType, b.MountPoint, b.Source = m.FSType, m.MountPoint, m.Source
+	}
+	return b, nil
+}
+
+// under reports whether path is mount point mp or below it.
+func under(path, mp string) bool {
+	return mp == "/" || path == mp || strings.HasPrefix(path, mp+"/")
+}
