@@ -41,7 +41,7 @@ func (p *Procfs) Sample(members []Member) []Usage {
 			continue
 		}
 		st, err := proc.Stat()
-		if err != nil || TicksToBoot(st.Starttime) != m.Born {
+		if err != nil || !startedAt(st.Starttime, m.Born) {
 			continue
 		}
 		io, err := proc.IO()
@@ -55,6 +55,12 @@ func (p *Procfs) Sample(members []Member) []Usage {
 		})
 	}
 	return out
+}
+
+// startedAt reports whether a /proc/PID/stat starttime (clock ticks) is
+// born, which may be finer (the kernel's fork time, in nanoseconds).
+func startedAt(ticks uint64, born time.Duration) bool {
+	return ticks == uint64(born/(time.Second/userHZ))
 }
 
 // Blocked says what a process that outlived SIGKILL is waiting for, as far
@@ -104,7 +110,7 @@ func (p *Procfs) Diagnose(pid int, born time.Duration) (Blocked, error) {
 		return b, fmt.Errorf("process %d: %w", pid, ErrGone)
 	}
 	st, err := proc.Stat()
-	if err != nil || TicksToBoot(st.Starttime) != born {
+	if err != nil || !startedAt(st.Starttime, born) {
 		return b, fmt.Errorf("process %d: %w", pid, ErrGone)
 	}
 	b.State = st.State

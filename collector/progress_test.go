@@ -38,7 +38,21 @@ func TestSampleRealProcesses(t *testing.T) {
 	// sh opens the FIFO for reading: it blocks in open until a writer comes.
 	_, blocked := start("exec cat " + fifo)
 	gone := Member{PID: writer.PID, Born: writer.Born + time.Second}
+	// The agent knows a start time to the nanosecond (the kernel's fork
+	// time); /proc shows it in clock ticks.
+	writer.Born += 7 * time.Millisecond
 
+	// Once cat runs and sleeps in open, the reader moves nothing.
+	for until := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		pr, err := p.Process(blocked.PID)
+		b, _ := p.Diagnose(blocked.PID, blocked.Born)
+		if err == nil && pr.Comm == "cat" && b.State == "S" {
+			break
+		}
+		if time.Now().After(until) {
+			t.Fatalf("the reader never blocked: %+v %+v", pr, b)
+		}
+	}
 	first := byPID(p.Sample([]Member{writer, computer, blocked, gone}))
 	if len(first) != 3 {
 		t.Fatalf("sampled %d members, want 3 (the one with a wrong start time left out): %+v", len(first), first)
@@ -90,7 +104,7 @@ func TestDiagnoseRealProcess(t *testing.T) {
 		if b, err = p.Diagnose(pr.PID, pr.Born); err != nil {
 			t.Fatal(err)
 		}
-		if b.State == "S" || time.Now().After(deadline) {
+		if (b.State == "S" && b.Wchan != "") || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -31,6 +31,9 @@ import (
 var binary string // the overtime binary built once for all tests
 
 func TestMain(m *testing.M) {
+	if name := os.Getenv(helperEnv); name != "" {
+		os.Exit(runHelper(name, os.Args[1:]))
+	}
 	if os.Geteuid() != 0 {
 		// Nothing here can run without root: say so loudly, and fail
 		// where every test must run (make test).
