@@ -579,6 +579,7 @@ type configFile struct {
 			Cgroup []string `json:"cgroup,omitempty"`
 		} `json:"match"`
 		Timeout    string `json:"timeout"`
+		Stall      string `json:"stall,omitempty"`
 		MaxRunning int    `json:"max_running,omitempty"`
 		Kill       *struct {
 			Signal string `json:"signal,omitempty"`
@@ -657,6 +658,14 @@ func TestRenderedConfig(t *testing.T) {
 	if r := cfg.Rules[byName["borg"]]; r.Timeout != "12h" || r.Cleanup == nil ||
 		!slices.Equal(r.Cleanup.Paths, []string{"**/lock.exclusive", "**/lock.exclusive/*", "**/lock.roster"}) {
 		t.Errorf("borg profile %+v", r)
+	}
+	for _, name := range []string{"restic", "borg", "kopia"} {
+		if r := cfg.Rules[byName[name]]; r.Stall != "30m" {
+			t.Errorf("%s profile: stall %q, want 30m", name, r.Stall)
+		}
+	}
+	if lh.Stall != "" {
+		t.Errorf("longhorn profile has a stall: %q", lh.Stall)
 	}
 	if r := cfg.Rules[byName["kopia"]]; r.Timeout != "12h" || !slices.Equal(r.Match.Args, []string{"snapshot", "create"}) {
 		t.Errorf("kopia profile %+v", r)
