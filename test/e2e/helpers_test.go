@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -72,6 +73,8 @@ func startHelper(t *testing.T, cg *testCgroup, dir, comm, name string, args ...s
 	}
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), helperEnv+"="+name)
+	// Its own process group: watch kills the group at the end.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
