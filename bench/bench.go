@@ -129,6 +129,7 @@ const (
 	engSleep = "ovt-sleep" // a copy of sleep: a one-process tree
 	engPoll  = "ovt-poll"  // a copy of sleep, for the procfs poller
 	engMass  = "ovt-mass"  // a copy of sleep, for the mass deadline
+	engStall = "ovt-stall" // a copy of sleep, for the cost of stall sampling
 )
 
 func (b *bench) engine(name string) string { return filepath.Join(b.tmp, name) }
@@ -153,7 +154,7 @@ func (b *bench) writeEngines() error {
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{engSleep, engPoll, engMass} {
+	for _, name := range []string{engSleep, engPoll, engMass, engStall} {
 		if err := os.WriteFile(b.engine(name), data, 0o755); err != nil {
 			return err
 		}
