@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	binenc "encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,8 +27,14 @@ const helperEnv = "OVERTIME_E2E_HELPER"
 //	                 bytes and uses next to no CPU)
 //	rest DIR ADDR    a restic REST backend storing repositories in DIR,
 //	                 serving HTTP on ADDR
+//	fuse MNT PROG    mounts a FUSE filesystem at MNT (run it in a mount
+//	                 namespace of its own) that answers INIT and ACCESS and
+//	                 reads every other request without ever answering it,
+//	                 then runs PROG MNT and waits (see hungFUSE)
 func runHelper(name string, args []string) int {
 	switch {
+	case name == "fuse" && len(args) == 2:
+		return hungFUSE(args[0], args[1])
 	case name == "writer" && len(args) == 1:
 		f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 		if err != nil {
@@ -79,6 +86,74 @@ func startHelper(t *testing.T, cg *testCgroup, dir, comm, name string, args ...s
 		t.Fatal(err)
 	}
 	return watch(t, cmd)
+}
+
+// hungFUSE serves a FUSE filesystem whose daemon stops answering: a
+// process that makes a request of it (a stat of the mount's root) waits in
+// the kernel, and once it is signalled while the daemon holds its request,
+// it sleeps uninterruptibly (state D) until the daemon answers or goes
+// away: the kernel's request_wait_answer. Ending the helper (closing
+// /dev/fuse) aborts the connection and releases it.
+func hungFUSE(mnt, prog string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "fuse helper:", err); return 1 }
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return fail(err)
+	}
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return fail(err)
+	}
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", dev.Fd())
+	if err := syscall.Mount("ovt-hung", mnt, "fuse.ovt", syscall.MS_NOSUID|syscall.MS_NODEV, opts); err != nil {
+		return fail(fmt.Errorf("mount: %w", err))
+	}
+	go func() {
+		buf := make([]byte, 1<<20+4096)
+		for {
+			n, err := dev.Read(buf)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "fuse helper: read:", err)
+				return
+			}
+			if n < 40 {
+				continue
+			}
+			opcode := binenc.LittleEndian.Uint32(buf[4:8])
+			unique := binenc.LittleEndian.Uint64(buf[8:16])
+			var out []byte
+			switch opcode {
+			case 26: // FUSE_INIT: protocol 7.31, no features
+				maxReadahead := binenc.LittleEndian.Uint32(buf[48:52])
+				out = make([]byte, 16+64)
+				binenc.LittleEndian.PutUint32(out[16:], 7)
+				binenc.LittleEndian.PutUint32(out[20:], 31)
+				binenc.LittleEndian.PutUint32(out[24:], maxReadahead)
+				binenc.LittleEndian.PutUint32(out[36:], 4096) // max_write
+				binenc.LittleEndian.PutUint32(out[40:], 1)    // time_gran
+			case 34: // FUSE_ACCESS: not implemented, the kernel stops asking
+				out = make([]byte, 16)
+				errno := -int32(syscall.ENOSYS)
+				binenc.LittleEndian.PutUint32(out[4:], uint32(errno))
+			default: // held: never answered
+				continue
+			}
+			binenc.LittleEndian.PutUint32(out[0:], uint32(len(out)))
+			binenc.LittleEndian.PutUint64(out[8:], unique)
+			if _, err := dev.Write(out); err != nil {
+				fmt.Fprintln(os.Stderr, "fuse helper: write:", err)
+			}
+		}
+	}()
+	cmd := exec.Command(prog, mnt)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	fmt.Println(cmd.Process.Pid)
+	_ = cmd.Wait()
+	for { // the mount lives as long as the helper
+		time.Sleep(time.Hour)
+	}
 }
 
 // restTypes are the kinds of files of a restic repository.
