@@ -37,10 +37,12 @@ type Options struct {
 	// Progress samples trees for stall detection and diagnoses unkillable
 	// processes (nil: neither is done).
 	Progress Progress
-	Clock    Clock
-	Logger   *slog.Logger
-	Registry prometheus.Registerer
-	Build    BuildInfo
+	// Unmounter runs on_unkillable: force_unmount (nil: it is not run).
+	Unmounter Unmounter
+	Clock     Clock
+	Logger    *slog.Logger
+	Registry  prometheus.Registerer
+	Build     BuildInfo
 	// Self is the agent's own PID, never tracked (0: os.Getpid()).
 	Self int
 	// FilesIdle is how long nothing is tracked before the file tracepoints
@@ -56,6 +58,7 @@ type Agent struct {
 	src   Source
 	enf   Enforcer
 	prog  Progress
+	unm   Unmounter
 	clock Clock
 	log   *slog.Logger
 	m     *Metrics
@@ -88,6 +91,7 @@ type Agent struct {
 	// Work done off the loop comes back on these (see stall.go).
 	passes    chan samplePass
 	diagnoses chan diagnosis
+	unmounts  chan unmounted
 	workers   sync.WaitGroup
 	done      chan struct{} // closed when Run returns
 
@@ -125,6 +129,7 @@ func New(o Options) *Agent {
 		src:       o.Source,
 		enf:       o.Enforcer,
 		prog:      o.Progress,
+		unm:       o.Unmounter,
 		clock:     o.Clock,
 		log:       o.Logger,
 		self:      o.Self,
@@ -139,6 +144,7 @@ func New(o Options) *Agent {
 		reloads:   make(chan *Config, 1),
 		passes:    make(chan samplePass, 1),
 		diagnoses: make(chan diagnosis, 256),
+		unmounts:  make(chan unmounted, 64),
 		done:      make(chan struct{}),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)

@@ -46,6 +46,10 @@ type Limits struct {
 	MaxCreatedFiles int
 }
 
+// ForceUnmount is the on_unkillable action that unmounts (MNT_FORCE |
+// MNT_DETACH, as umount -f -l) the mount an unkillable member is blocked on.
+const ForceUnmount = "force_unmount"
+
 // MinStall is the shortest stall a rule may set: trees are sampled at most
 // once a second, so a shorter one could not be told from noise.
 const MinStall = time.Second
@@ -60,10 +64,15 @@ type Rule struct {
 	Timeout time.Duration
 	// Stall ends a tree that made no progress for this long (0: off): its
 	// members read or wrote no bytes and used < 1% of one CPU.
-	Stall      time.Duration
-	MaxRunning int
-	Kill       Kill
-	Cleanup    Cleanup
+	Stall time.Duration
+	// OnUnkillable is what is done about a member that outlives SIGKILL
+	// ("" nothing, or ForceUnmount: a lazy forced unmount of the mount it
+	// is blocked on, when that mount point matches one of Unmount).
+	OnUnkillable string
+	Unmount      []string
+	MaxRunning   int
+	Kill         Kill
+	Cleanup      Cleanup
 }
 
 // Match holds a rule's match fields; a process matches when every given
@@ -362,6 +371,22 @@ func (p *parser) rule(n *yaml.Node, f string) *Rule {
 				p.add(n.Line, f, fmt.Sprintf("%v is too short: progress is sampled at most once a second, use %v or more (0 turns it off)", r.Stall, MinStall))
 			}
 		},
+		"on_unkillable": func(n *yaml.Node, f string) {
+			if s, ok := p.str(n, f); ok {
+				if s != ForceUnmount {
+					p.add(n.Line, f, fmt.Sprintf("%q: use %s (or leave it out)", s, ForceUnmount))
+				}
+				r.OnUnkillable = s
+			}
+		},
+		"unmount": func(n *yaml.Node, f string) {
+			r.Unmount = p.strs(n, f)
+			for i, g := range r.Unmount {
+				if msg := checkMountGlob(g); msg != "" {
+					p.add(n.Content[i].Line, fmt.Sprintf("%s[%d]", f, i), msg)
+				}
+			}
+		},
 		"max_running": func(n *yaml.Node, f string) {
 			if v, ok := p.integer(n, f); ok {
 				if v < 0 {
@@ -424,6 +449,12 @@ func (p *parser) rule(n *yaml.Node, f string) *Rule {
 	if !hasTimeout {
 		p.add(n.Line, f+".timeout", "missing: every rule needs a timeout")
 	}
+	switch {
+	case r.OnUnkillable == ForceUnmount && len(r.Unmount) == 0:
+		p.add(n.Line, f+".unmount", "missing: on_unkillable: force_unmount needs the mount point globs it may unmount")
+	case r.OnUnkillable == "" && len(r.Unmount) > 0:
+		p.add(n.Line, f+".unmount", "only with on_unkillable: force_unmount")
+	}
 	if len(r.Cleanup.Paths) > 0 && len(r.Cleanup.When) == 0 {
 		r.Cleanup.When = []string{"killed"}
 	}
@@ -463,6 +494,15 @@ func checkPathGlob(g string) string {
 		return fmt.Sprintf("%q has . or .. segments: paths are matched cleaned", g)
 	}
 	return ""
+}
+
+// checkMountGlob returns why an unmount glob is refused, or "": it is
+// absolute and names mounts, not every path.
+func checkMountGlob(g string) string {
+	if !strings.HasPrefix(g, "/") {
+		return fmt.Sprintf("%q is relative: unmount globs are absolute mount points", g)
+	}
+	return checkPathGlob(g)
 }
 
 var signals = map[string]syscall.Signal{

@@ -85,6 +85,8 @@ rules:
     match: {exe: ["*/x"], cgroup: ["/kubepods*"]}
     timeout: 90s
     stall: 3s
+    on_unkillable: force_unmount
+    unmount: ["/var/lib/longhorn-backupstore-mounts/*"]
     max_running: 3
     kill: {signal: INT, grace: 1s}
     cleanup: {paths: ["/tmp/a-*"]}
@@ -95,6 +97,9 @@ rules:
 	r := cfg.Rules[0]
 	if cfg.Mode != ModeMonitor || cfg.Listen != "0.0.0.0:9000" || cfg.Limits.MaxTracked != 10 || cfg.Limits.MaxCreatedFiles != 5 {
 		t.Fatalf("top level = %+v", cfg)
+	}
+	if r.OnUnkillable != ForceUnmount || len(r.Unmount) != 1 {
+		t.Fatalf("on_unkillable = %q, unmount = %v", r.OnUnkillable, r.Unmount)
 	}
 	if r.Timeout != 90*time.Second || r.Stall != 3*time.Second || r.MaxRunning != 3 || r.Kill.SignalName != "SIGINT" || r.Kill.Grace != time.Second {
 		t.Fatalf("rule = %+v", r)
@@ -140,6 +145,11 @@ func TestParseConfigErrors(t *testing.T) {
 		{"negative stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: -1s\n", []string{"c.yaml:5: rules[0].stall: must not be negative"}},
 		{"short stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 500ms\n", []string{"c.yaml:5: rules[0].stall: 500ms is too short"}},
 		{"bad stall", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: soon\n", []string{"c.yaml:5: rules[0].stall: \"soon\" is not a Go duration"}},
+		{"bad on_unkillable", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    on_unkillable: reboot\n", []string{"c.yaml:5: rules[0].on_unkillable: \"reboot\": use force_unmount"}},
+		{"force_unmount without globs", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    on_unkillable: force_unmount\n", []string{"c.yaml:2: rules[0].unmount: missing"}},
+		{"unmount without force_unmount", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    unmount: [/mnt/*]\n", []string{"rules[0].unmount: only with on_unkillable"}},
+		{"relative unmount glob", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    on_unkillable: force_unmount\n    unmount: [\"**/nfs\"]\n", []string{"c.yaml:6: rules[0].unmount[0]: \"**/nfs\" is relative"}},
+		{"unmount everything", "rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    on_unkillable: force_unmount\n    unmount: [\"/**\"]\n", []string{"rules[0].unmount[0]: \"/**\" matches every path"}},
 		{"several at once", "mode: x\nrules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 0\n",
 			[]string{"c.yaml:1: mode:", "c.yaml:5: rules[0].timeout:"}},
 	}

@@ -256,6 +256,13 @@ func (e *fakeEnforcer) Kill(tree string) error {
 	return nil
 }
 
+func (e *fakeEnforcer) ForceUnmount(pid int, born time.Duration, mountPoint string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log("unmount %d %s", pid, mountPoint)
+	return nil
+}
+
 type busyErr struct{}
 
 func (busyErr) Error() string { return "cgroup busy" }
@@ -388,7 +395,7 @@ func newHarness(t *testing.T, yaml string) *harness {
 	}
 	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), prog: newFakeProgress(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
 	h.enf.src = h.src
-	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Progress: h.prog, Clock: h.clock, Registry: h.reg, Self: 1})
+	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Progress: h.prog, Unmounter: h.enf, Clock: h.clock, Registry: h.reg, Self: 1})
 	return h
 }
 
@@ -424,6 +431,11 @@ func (h *harness) settle() {
 		case d := <-h.a.diagnoses:
 			h.a.mu.Lock()
 			h.a.applyDiagnosis(d)
+			h.a.mu.Unlock()
+			continue
+		case u := <-h.a.unmounts:
+			h.a.mu.Lock()
+			h.a.applyUnmount(u)
 			h.a.mu.Unlock()
 			continue
 		default:

@@ -14,6 +14,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    cleanup: {paths: [\"/**\"]}\n"))
 	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 3s\n"))
 	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    stall: 10ms\n"))
+	f.Add([]byte("rules:\n  - name: a\n    match: {comm: [a]}\n    timeout: 1m\n    on_unkillable: force_unmount\n    unmount: [/mnt/*]\n"))
 	f.Add([]byte("mode: [\n"))
 	f.Add([]byte("rules: [{name: x, match: {args: ['[']}, timeout: -1s, kill: {signal: 9}}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -23,7 +24,8 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatal("a valid config with no rules")
 			}
 			for _, r := range cfg.Rules {
-				if r.Timeout <= 0 || r.Name == "" || r.Stall < 0 || (r.Stall > 0 && r.Stall < MinStall) {
+				if r.Timeout <= 0 || r.Name == "" || r.Stall < 0 || (r.Stall > 0 && r.Stall < MinStall) ||
+					(r.OnUnkillable == ForceUnmount) != (len(r.Unmount) > 0) {
 					t.Fatalf("invalid rule accepted: %+v", r)
 				}
 				for _, g := range r.Cleanup.Paths {

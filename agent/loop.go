@@ -83,6 +83,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			a.applyDiagnosis(d)
 			a.mu.Unlock()
+		case u := <-a.unmounts:
+			a.mu.Lock()
+			a.applyUnmount(u)
+			a.mu.Unlock()
 		case reply := <-a.pings:
 			close(reply)
 		case cfg := <-a.reloads:

@@ -101,3 +101,12 @@ type Progress interface {
 	// error means it is gone.
 	Diagnose(pid int, born time.Duration) (collector.Blocked, error)
 }
+
+// Unmounter releases a process that sleeps uninterruptibly on a mount:
+// enforcer.Enforcer satisfies it.
+type Unmounter interface {
+	// ForceUnmount detaches mountPoint (a path in the mount namespace of
+	// process pid, started at born) with MNT_FORCE | MNT_DETACH: a dead
+	// NFS or FUSE server's pending requests fail and the process can die.
+	ForceUnmount(pid int, born time.Duration, mountPoint string) error
+}

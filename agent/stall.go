@@ -236,4 +236,59 @@ func (a *Agent) applyDiagnosis(d diagnosis) {
 		attrs = append(attrs, "fs_type", b.FSType, "mount_point", b.MountPoint, "source", b.Source, "file", b.File)
 	}
 	a.log.Error("unkillable: "+why, a.procAttrs(p, attrs...)...)
+	a.forceUnmount(p, b.MountPoint)
+}
+
+// unmounted is the result of a forced unmount.
+type unmounted struct {
+	tree       *tree
+	pid        int
+	mountPoint string
+	err        error
+}
+
+// forceUnmount runs the rule's on_unkillable: force_unmount for member p
+// blocked on mountPoint, once per tree and mount, and only for a mount
+// point one of the rule's unmount globs names.
+func (a *Agent) forceUnmount(p *proc, mountPoint string) {
+	t, r := p.tree, p.tree.rule
+	if r.OnUnkillable != ForceUnmount || mountPoint == "" || t.unmounted[mountPoint] {
+		return
+	}
+	if t.unmounted == nil {
+		t.unmounted = map[string]bool{}
+	}
+	t.unmounted[mountPoint] = true
+	named := false
+	for _, g := range r.Unmount {
+		named = named || matchPath(g, mountPoint)
+	}
+	switch {
+	case !named:
+		a.record(t, p.PID, "unmount", "skipped", "mount point "+mountPoint+" matches no unmount glob")
+		a.log.Warn("unkillable: its mount matches no unmount glob; left mounted", a.procAttrs(p, "mount_point", mountPoint)...)
+	case a.monitor():
+		a.record(t, p.PID, "unmount", "skipped_monitor", "would force-unmount "+mountPoint)
+		a.log.Warn("unkillable: would force-unmount its mount (monitor mode)", a.procAttrs(p, "mount_point", mountPoint)...)
+	case a.unm != nil:
+		pid, born := p.PID, p.Born
+		a.work(func() {
+			err := a.unm.ForceUnmount(pid, born, mountPoint)
+			select {
+			case a.unmounts <- unmounted{tree: t, pid: pid, mountPoint: mountPoint, err: err}:
+			case <-a.done:
+			}
+		})
+	}
+}
+
+// applyUnmount records a forced unmount's result.
+func (a *Agent) applyUnmount(u unmounted) {
+	if u.err != nil {
+		a.record(u.tree, u.pid, "unmount", "error", u.mountPoint+": "+u.err.Error())
+		a.log.Error("force-unmount failed", a.rootAttrs(u.tree, "member", u.pid, "mount_point", u.mountPoint, "err", u.err)...)
+		return
+	}
+	a.record(u.tree, u.pid, "unmount", "ok", "forced lazy unmount of "+u.mountPoint+" (on_unkillable)")
+	a.log.Warn("unkillable: forced a lazy unmount of the mount it was blocked on", a.rootAttrs(u.tree, "member", u.pid, "mount_point", u.mountPoint)...)
 }

@@ -351,3 +351,64 @@ overtime_unkillable_processes{rule="restic"} 0
 		t.Fatal(err)
 	}
 }
+
+// on_unkillable: force_unmount unmounts the mount an unkillable member is
+// blocked on, once, when an unmount glob names it; a mount no glob names is
+// left alone; monitor mode only says it would.
+func TestForceUnmountUnkillable(t *testing.T) {
+	const rule = `
+rules:
+  - name: lh
+    match: {comm: [mount.nfs]}
+    timeout: 1m
+    kill: {signal: SIGKILL, grace: 0s}
+    on_unkillable: force_unmount
+    unmount: ["/var/lib/longhorn-backupstore-mounts/*"]
+`
+	cases := []struct {
+		name, mode, mount string
+		want              string // the unmount action's result
+		calls             int
+	}{
+		{"named", "enforce", "/var/lib/longhorn-backupstore-mounts/srv", "ok", 1},
+		{"not named", "enforce", "/mnt/other", "skipped", 0},
+		{"monitor", "monitor", "/var/lib/longhorn-backupstore-mounts/srv", "skipped_monitor", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, "mode: "+c.mode+"\n"+rule)
+			h.start()
+			t0 := 1000 * s
+			h.exec(100, 1, t0, "mount.nfs")
+			h.fork(101, 100, t0)
+			for _, pid := range []int{100, 101} {
+				h.prog.blocked[pid] = collector.Blocked{State: "D", Wchan: "rpc_wait_bit_killable", FSType: "nfs4", MountPoint: c.mount, Source: "srv:/export"}
+			}
+			if c.mode == "monitor" {
+				// Monitor mode never kills, so nothing is found unkillable:
+				// the decision is checked on a tree marked by hand.
+				h.a.mu.Lock()
+				tr := h.a.procs[100].tree
+				tr.killed, tr.killedAt = true, t0
+				h.a.unkillable(tr, t0+5*s)
+				h.a.mu.Unlock()
+				h.settle()
+			} else {
+				h.run(t0+time.Minute, t0+time.Minute+10*s, s, nil)
+			}
+			var got []string
+			for _, a := range h.a.Actions() {
+				if a.Action == "unmount" {
+					got = append(got, a.Result)
+				}
+			}
+			// Both members are blocked on the same mount: one unmount.
+			if len(got) != 1 || got[0] != c.want {
+				t.Fatalf("unmount actions = %v, want [%s] (calls %v)", got, c.want, h.enf.callList())
+			}
+			if n := h.enf.count("unmount "); n != c.calls {
+				t.Fatalf("%d unmount calls, want %d: %v", n, c.calls, h.enf.callList())
+			}
+		})
+	}
+}

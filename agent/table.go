@@ -72,12 +72,13 @@ type tree struct {
 	killedAt   time.Duration // when SIGKILL was first sent
 
 	// Progress, for a rule with stall (see stall.go).
-	lastProgress time.Duration // the last sample that saw progress, or tracking start
-	cpuSince     time.Duration // CPU the members used since lastProgress
-	sampledAt    time.Duration // the last sample: members born after it count from zero
-	sampling     bool          // a sample is queued or in flight
-	stalled      bool          // no progress for the rule's stall (once per episode)
-	endStalled   bool          // being ended because it stalled, not at its deadline
+	lastProgress time.Duration   // the last sample that saw progress, or tracking start
+	cpuSince     time.Duration   // CPU the members used since lastProgress
+	sampledAt    time.Duration   // the last sample: members born after it count from zero
+	sampling     bool            // a sample is queued or in flight
+	stalled      bool            // no progress for the rule's stall (once per episode)
+	endStalled   bool            // being ended because it stalled, not at its deadline
+	unmounted    map[string]bool // mount points on_unkillable unmounted (or tried)
 
 	members map[int]*proc
 	live    int

@@ -166,7 +166,7 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 
 	reg := prometheus.NewRegistry()
 	a := agent.New(agent.Options{
-		Config: cfg, Source: src, Enforcer: enf, Progress: procfs, Clock: collector.BootClock{},
+		Config: cfg, Source: src, Enforcer: enf, Progress: procfs, Unmounter: enf, Clock: collector.BootClock{},
 		Logger: log, Registry: reg, Build: buildInfo(), FilesIdle: f.filesIdle,
 	})
 

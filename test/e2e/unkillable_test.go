@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"overtime/collector"
 )
 
 // A member blocked in a request to a FUSE daemon that stopped answering
@@ -22,6 +25,69 @@ import (
 // (the node's mount table is never touched); the blocked process lives in
 // it too, and the agent reads its mounts from /proc/PID/mountinfo.
 func TestUnkillableFUSE(t *testing.T) {
+	cg, a, helper, pid, mnt := startHungFUSE(t, "")
+	b := waitUnkillable(t, a, pid, mnt)
+	if !strings.Contains(b.Wchan+strings.Join(b.Stack, " "), "request_wait_answer") &&
+		!strings.Contains(b.Wchan+strings.Join(b.Stack, " "), "fuse") {
+		t.Fatalf("neither wchan nor stack names the FUSE wait: %+v", b)
+	}
+	eventually(t, 15*time.Second, "the kill retried", func() bool {
+		return len(a.logLines("tree still alive after SIGKILL; killing again")) >= 3
+	})
+	if !pidAlive(pid) {
+		t.Fatal("the engine died: not unkillable after all")
+	}
+	// The daemon goes: the connection is aborted, the request fails and
+	// the pending SIGKILL ends the engine.
+	_ = syscall.Kill(-helper.pid, syscall.SIGKILL)
+	if !helper.waitDone(10 * time.Second) {
+		t.Fatal("the FUSE helper did not die")
+	}
+	eventually(t, 15*time.Second, "the engine gone and the gauge at 0", func() bool {
+		return !pidAlive(pid) && a.metric(`overtime_unkillable_processes{rule="ovt-fuse"}`) == 0
+	})
+	t.Logf("blocked: wchan %s, stack %v", b.Wchan, b.Stack)
+	_ = cg
+}
+
+// on_unkillable: force_unmount releases the same unkillable member while
+// the daemon still runs: the agent enters the member's mount namespace and
+// force-unmounts the FUSE mount (its requests are aborted), the member
+// dies, and the mount is gone from that namespace only.
+func TestUnkillableFUSEForceUnmount(t *testing.T) {
+	_, a, helper, pid, mnt := startHungFUSE(t, "    on_unkillable: force_unmount\n    unmount: [\"MNT\"]\n")
+	waitUnkillable(t, a, pid, mnt)
+	eventually(t, 15*time.Second, "the engine released by the unmount", func() bool { return !pidAlive(pid) })
+	if !helper.alive() {
+		t.Fatal("the FUSE daemon died: the engine was not released by the unmount")
+	}
+	var got []string
+	for _, ac := range a.actions() {
+		if ac.Action == "unmount" {
+			got = append(got, ac.Result+": "+ac.Reason)
+		}
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0], "ok: forced lazy unmount of "+mnt) {
+		t.Fatalf("unmount actions = %q", got)
+	}
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", helper.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mi), " "+mnt+" ") {
+		t.Fatalf("the FUSE mount is still in the helper's namespace:\n%s", mi)
+	}
+	eventually(t, 15*time.Second, "the gauge at 0", func() bool {
+		return a.metric(`overtime_unkillable_processes{rule="ovt-fuse"}`) == 0
+	})
+}
+
+// startHungFUSE starts an agent with the ovt-fuse rule (extra appended to
+// it, MNT in it standing for the mount point) and the FUSE helper in a mount namespace of its own, inside a test
+// cgroup; it returns the helper and the engine it runs: a stat of the
+// mount's root that the daemon never answers.
+func startHungFUSE(t *testing.T, extra string) (*testCgroup, *agentProc, *proc, int, string) {
+	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		if os.Getenv("OVERTIME_REQUIRE_TOOLS") == "1" {
 			t.Fatalf("/dev/fuse: %v", err)
@@ -40,7 +106,7 @@ rules:
     match: {comm: [ovt-fuse]}
     timeout: 2s
     kill: {signal: SIGTERM, grace: 1s}
-`)
+`+strings.ReplaceAll(extra, "MNT", mnt))
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +134,13 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cg, a, helper, pid, mnt
+}
 
+// waitUnkillable waits for the engine to be reported unkillable, blocked
+// on the FUSE mount, and checks the gauge, the action and the log.
+func waitUnkillable(t *testing.T, a *agentProc, pid int, mnt string) *apiBlocked {
+	t.Helper()
 	var info apiProcess
 	eventually(t, 30*time.Second, "the engine reported unkillable", func() bool {
 		info, _ = a.process(pid)
@@ -77,10 +149,6 @@ rules:
 	b := info.Blocked
 	if b.State != "D" || b.FSType != "fuse.ovt" || b.MountPoint != mnt || b.Source != "ovt-hung" {
 		t.Fatalf("blocked = %+v, want state D on the fuse.ovt mount %s", b, mnt)
-	}
-	if !strings.Contains(b.Wchan+strings.Join(b.Stack, " "), "request_wait_answer") &&
-		!strings.Contains(b.Wchan+strings.Join(b.Stack, " "), "fuse") {
-		t.Fatalf("neither wchan nor stack names the FUSE wait: %+v", b)
 	}
 	if v := a.metric(`overtime_unkillable_processes{rule="ovt-fuse"}`); v != 1 {
 		t.Fatalf("unkillable gauge = %v, want 1", v)
@@ -97,21 +165,7 @@ rules:
 	if len(a.logLines("unkillable: blocked in the kernel")) == 0 {
 		t.Fatal("no unkillable log line")
 	}
-	if !pidAlive(pid) {
-		t.Fatal("the engine died: not unkillable after all")
-	}
-	eventually(t, 15*time.Second, "the kill retried", func() bool {
-		return len(a.logLines("tree still alive after SIGKILL; killing again")) >= 3
-	})
-
-	// The daemon goes: the connection is aborted, the request fails and
-	// the pending SIGKILL ends the engine.
-	_ = syscall.Kill(-helper.pid, syscall.SIGKILL)
-	if !helper.waitDone(10 * time.Second) {
-		t.Fatal("the FUSE helper did not die")
-	}
-	eventually(t, 15*time.Second, "the engine gone and the gauge at 0", func() bool {
-		return !pidAlive(pid) && a.metric(`overtime_unkillable_processes{rule="ovt-fuse"}`) == 0
-	})
-	t.Logf("blocked: wchan %s, stack %v", b.Wchan, b.Stack)
+	return b
 }
+
+type apiBlocked = collector.Blocked
