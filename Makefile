@@ -88,7 +88,7 @@ bench: build ## benchmarks, as root: the node suite (bench/, about 4 minutes) ag
 	exit $$status
 
 .PHONY: demo
-demo: deps build ## a real hung restic backup ended at its deadline, its stale lock removed
+demo: deps build ## a real hung restic backup ended at its deadline, then by its stall; its stale lock removed
 	@bash test/demo.sh $(BIN)
 
 .PHONY: lint
