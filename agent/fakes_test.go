@@ -370,6 +370,16 @@ func (f *fakeProgress) add(pid int, io uint64, cpu time.Duration) {
 	f.usage[pid] = u
 }
 
+// wake counts n read or write calls of size bytes each for pid.
+func (f *fakeProgress) wake(pid int, n, size uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.usage[pid]
+	u.IO += n * size
+	u.Calls += n
+	f.usage[pid] = u
+}
+
 func (f *fakeProgress) passCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -129,6 +129,12 @@ func TestProgressKeepsTreeAlive(t *testing.T) {
 		{"computes a little", func(h *harness) { h.prog.add(100, 0, 10*time.Millisecond) }, false},
 		// 10 ms every 2 s is 0.5%: a runtime waking now and then.
 		{"idles", nil, true},
+		// A Go runtime waking its netpoller: a 1-byte pipe read and write,
+		// or 8-byte eventfd ones, a few times a second: no data.
+		{"wakes through a pipe", func(h *harness) { h.prog.wake(100, 2, 1) }, true},
+		{"wakes through an eventfd", func(h *harness) { h.prog.wake(100, 6, 8) }, true},
+		// One 4 KiB write among the wakeups is data.
+		{"writes among wakeups", func(h *harness) { h.prog.wake(100, 6, 8); h.prog.wake(101, 1, 4096) }, false},
 		{"nothing", nil, true},
 	}
 	for _, c := range cases {

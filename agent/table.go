@@ -42,9 +42,9 @@ type proc struct {
 	orphaned bool
 
 	// The last progress sample of this member (see stall.go).
-	io      uint64
-	cpu     time.Duration
-	sampled bool
+	io, calls uint64
+	cpu       time.Duration
+	sampled   bool
 	// unkillable: alive unkillableAfter past SIGKILL; blocked is what the
 	// kernel shows it waits for, once read.
 	unkillable bool

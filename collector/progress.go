@@ -26,6 +26,8 @@ type Usage struct {
 	// calls of any kind (files, pipes, sockets), so network I/O to a
 	// backend counts too. It includes exited threads and reaped children.
 	IO uint64
+	// Calls is syscr + syscw: the read and write calls that moved them.
+	Calls uint64
 	// CPU is utime + stime of /proc/PID/stat, every thread.
 	CPU time.Duration
 }
@@ -50,8 +52,9 @@ func (p *Procfs) Sample(members []Member) []Usage {
 		}
 		out = append(out, Usage{
 			PID: m.PID, Born: m.Born,
-			IO:  io.RChar + io.WChar,
-			CPU: time.Duration(st.UTime+st.STime) * (time.Second / userHZ),
+			IO:    io.RChar + io.WChar,
+			Calls: io.SyscR + io.SyscW,
+			CPU:   time.Duration(st.UTime+st.STime) * (time.Second / userHZ),
 		})
 	}
 	return out

@@ -23,8 +23,8 @@ const helperEnv = "OVERTIME_E2E_HELPER"
 
 // runHelper runs the test binary as a helper process:
 //
-//	writer FILE      appends a byte to FILE every 200 ms, forever (it moves
-//	                 bytes and uses next to no CPU)
+//	writer FILE      appends a 64-byte line to FILE every 200 ms, forever
+//	                 (it moves data and uses next to no CPU)
 //	rest DIR ADDR    a restic REST backend storing repositories in DIR,
 //	                 serving HTTP on ADDR
 //	fuse MNT PROG    mounts a FUSE filesystem at MNT (run it in a mount
@@ -42,7 +42,7 @@ func runHelper(name string, args []string) int {
 			return 1
 		}
 		for {
-			if _, err := f.Write([]byte{'x'}); err != nil {
+			if _, err := f.Write([]byte(strings.Repeat("x", 63) + "\n")); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}

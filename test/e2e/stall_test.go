@@ -70,7 +70,7 @@ func TestStallEndsOnlyTheTreeWithoutProgress(t *testing.T) {
 	if v := a.counter(`overtime_timeouts_total{rule="ovt-stall"}`); v != 0 {
 		t.Fatalf("timeouts_total = %v", v)
 	}
-	if len(a.logLines("stalled: no bytes read or written")) != 1 {
+	if len(a.logLines("stalled: no data read or written")) != 1 {
 		t.Fatalf("stall log lines = %v", a.logLines("stalled"))
 	}
 	// The other two run on past three stalls from their start.
