@@ -163,8 +163,8 @@ rules:
 }
 
 // A real restic backs up to a REST backend on loopback that stops
-// answering mid-backup (SIGSTOP): restic is ended after its stall, minutes
-// before its timeout. Beside it, a restic held slow by --limit-upload to a
+// answering mid-backup (SIGSTOP): restic is ended after its stall (10s),
+// minutes before its timeout. Beside it, a restic held slow by --limit-upload to a
 // backend that answers runs well past the same stall and completes.
 //
 // The REST backend keeps the repository, and its lock, on the server: the
@@ -177,8 +177,8 @@ func TestResticStallRESTBackend(t *testing.T) {
 	dir := t.TempDir()
 	env := resticEnv(t, dir)
 	// Incompressible data: the hung backup's 24 MiB take 12 s at 2 MiB/s;
-	// the slow one's 6 MiB take 12 s at 512 KiB/s.
-	for name, size := range map[string]int{"big": 24 << 20, "small": 6 << 20} {
+	// the slow one's 8 MiB take 16 s at 512 KiB/s.
+	for name, size := range map[string]int{"big": 24 << 20, "small": 8 << 20} {
 		src := filepath.Join(dir, name)
 		if err := os.Mkdir(src, 0o755); err != nil {
 			t.Fatal(err)
@@ -207,7 +207,7 @@ rules:
   - name: restic
     match: {comm: [restic], args: [backup]}
     timeout: 10m
-    stall: 3s
+    stall: 10s
     kill: {signal: SIGTERM, grace: 2s}
     cleanup: {paths: ["**/locks/*"]}
 `)
@@ -247,8 +247,8 @@ rules:
 	if err := slow.err; err != nil || !strings.Contains(slow.out.String(), "snapshot") {
 		t.Fatalf("the slow restic: %v\n%s", err, slow.out.String())
 	}
-	if e := time.Since(slowStarted); e < 6*time.Second {
-		t.Fatalf("the slow restic took %v: not slow enough to outlast the stall twice", e)
+	if e := time.Since(slowStarted); e < 10*time.Second {
+		t.Fatalf("the slow restic took %v: not slow enough to outlast the stall", e)
 	}
 	if got := a.stallActions(slow.pid); len(got) != 0 {
 		t.Fatalf("the slow restic was taken for stalled: %v", got)
