@@ -82,7 +82,7 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 	if !p.waitDone(4 * time.Second) {
 		t.Fatal("the tree's root still alive 4s after deadline + grace")
 	}
-	if early := deadline.Add(2 * time.Second).Sub(time.Now()); early > 0 {
+	if early := time.Until(deadline.Add(2 * time.Second)); early > 0 {
 		t.Fatalf("root ended %v before deadline + grace", early)
 	}
 	eventually(t, 15*time.Second, "both children dead", func() bool { return !pidAlive(kids[0]) && !pidAlive(kids[1]) })
