@@ -72,8 +72,9 @@ type Enforcer interface {
 	// Signal sends sig to every live member of the tree; it returns how
 	// many processes were signalled.
 	Signal(tree string, sig syscall.Signal) (int, error)
-	// Kill sends SIGKILL to the whole tree through its cgroup (cgroup.kill,
-	// or freeze-kill-thaw on v1) and through pidfds to members outside it.
+	// Kill sends SIGKILL to the whole tree through pidfds and through its
+	// cgroup (cgroup.kill, or freeze-kill-thaw before 5.14 and on v1), the
+	// cgroup part in the background: it never waits on the kernel.
 	Kill(tree string) error
 	// Release removes the tree's cgroup. Members still alive (agent stop)
 	// are first moved back to the cgroup they came from.

@@ -21,11 +21,14 @@ import (
 // TERM and two children, all confined; TERM reaches 3 and spares the root;
 // Kill ends all 3 and spares a neighbour in the same parent cgroup; Release
 // removes the tree cgroup.
-func killTreeTest(t *testing.T, v1 bool, mode string) {
+func killTreeTest(t *testing.T, v1 bool, mode string, freeze bool, method string) {
 	p := newParent(t, v1)
-	e := newEnforcer(t, mode)
+	e := newEnforcerOpts(t, Options{Mode: mode, FreezeKill: freeze})
 	if e.V1() != v1 {
 		t.Fatalf("V1() = %v, want %v (mode %s)", e.V1(), v1, e.Mode())
+	}
+	if e.KillMethod() != method {
+		t.Fatalf("KillMethod() = %q, want %q", e.KillMethod(), method)
 	}
 	root := start(t, p, treeScript)
 	neighbour := start(t, p, "exec sleep 100")
@@ -72,6 +75,10 @@ func killTreeTest(t *testing.T, v1 bool, mode string) {
 	if !neighbour.alive() {
 		t.Fatal("neighbour killed")
 	}
+	e.WaitKills()
+	if freeze {
+		thawed(t, treeDir)
+	}
 	if err := release(e, name); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
@@ -86,9 +93,37 @@ func killTreeTest(t *testing.T, v1 bool, mode string) {
 	}
 }
 
-func TestKillTreeV2(t *testing.T) { killTreeTest(t, false, v2Mode) }
+// TestKillTreeV2 drives the kernel's own kill: cgroup.kill, or before 5.14
+// freeze-kill-thaw.
+func TestKillTreeV2(t *testing.T) {
+	method := KillCgroupKill
+	if v2NoKill {
+		method = KillV2Freeze
+	}
+	killTreeTest(t, false, v2Mode, v2NoKill, method)
+}
 
-func TestKillTreeV1Freezer(t *testing.T) { killTreeTest(t, true, ModeLegacy) }
+// TestKillTreeV2Freeze drives the v2 freeze-kill-thaw of kernels before
+// 5.14 wherever cgroup v2 is mounted.
+func TestKillTreeV2Freeze(t *testing.T) { killTreeTest(t, false, v2Mode, true, KillV2Freeze) }
+
+func TestKillTreeV1Freezer(t *testing.T) { killTreeTest(t, true, ModeLegacy, false, KillV1Freezer) }
+
+// thawed fails unless the v2 cgroup dir is neither frozen nor freezing.
+func thawed(t *testing.T, dir string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.freeze"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(b)) != "0" || !strings.Contains(string(ev), "frozen 0") {
+		t.Fatalf("%s left frozen after the kill: cgroup.freeze %q, cgroup.events %q", dir, b, ev)
+	}
+}
 
 // failAdd refuses to move one PID, as a v2 "no internal processes" EBUSY
 // would.
@@ -441,28 +476,50 @@ func runInPIDNamespace(t *testing.T) {
 }
 
 // On cgroup v2, Kill signals the members it knows through their pidfds at
-// once, and cgroup.kill ends in the background whatever else is in the tree
-// cgroup: here a process put there behind the enforcer's back, as a child
-// forked a moment before the kill would be.
+// once, and the sweep (cgroup.kill, or freeze-kill-thaw) ends in the
+// background whatever else is in the tree cgroup: here a process put there
+// behind the enforcer's back, as a child forked a moment before the kill
+// would be, and a forking loop that keeps making new members.
 func TestKillSweepsTheCgroup(t *testing.T) {
+	t.Run("kernel", func(t *testing.T) { sweepTest(t, v2NoKill) })
+	t.Run("freeze", func(t *testing.T) { sweepTest(t, true) })
+}
+
+func sweepTest(t *testing.T, freeze bool) {
 	p := newParent(t, false)
-	e := newEnforcer(t, v2Mode)
+	e := newEnforcerOpts(t, Options{Mode: v2Mode, FreezeKill: freeze})
 	root := start(t, p, "exec sleep 100")
 	stranger := start(t, p, "exec sleep 100")
+	forker := start(t, p, "while :; do sleep 100 & done")
 	name := treeName(t, e)
 	confine(t, e, name, root)
-	procs := filepath.Join(p.dir(), name, "cgroup.procs")
-	if err := os.WriteFile(procs, []byte(strconv.Itoa(stranger.pid)), 0o644); err != nil {
-		t.Fatal(err)
+	dir := filepath.Join(p.dir(), name)
+	for _, q := range []*proc{stranger, forker} {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(q.pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := e.Kill(name); err != nil {
 		t.Fatalf("Kill: %v", err)
 	}
 	e.WaitKills()
-	for _, q := range []*proc{root, stranger} {
+	for _, q := range []*proc{root, stranger, forker} {
 		if !q.waitExit(5 * time.Second) {
 			t.Fatalf("pid %d in the tree cgroup survived Kill", q.pid)
 		}
+	}
+	// The forker's children, born in the tree cgroup while it ran, are
+	// ended too: nothing forks while the cgroup is frozen (with
+	// cgroup.kill, the kernel kills forks racing in).
+	left := readPids(dir)
+	for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); left = readPids(dir) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(left) > 0 {
+		t.Fatalf("tree cgroup still holds %v 5s after the kill", left)
+	}
+	if freeze {
+		thawed(t, dir)
 	}
 	if err := release(e, name); err != nil {
 		t.Fatal(err)

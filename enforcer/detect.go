@@ -74,21 +74,30 @@ func detect(opts Options) (string, hierarchy, error) {
 	}
 	switch mode {
 	case ModeUnified:
-		h, err := checkV2(orDefault(opts.Root, defaultV2Unified))
+		h, err := checkV2(orDefault(opts.Root, defaultV2Unified), opts.FreezeKill)
 		return mode, h, err
 	case ModeHybrid:
-		h, err := checkV2(orDefault(opts.Root, defaultV2Hybrid))
-		if err == nil {
+		h, err := checkV2(orDefault(opts.Root, defaultV2Hybrid), opts.FreezeKill)
+		if err == nil && (!h.freeze || opts.FreezeKill) {
 			return mode, h, nil
 		}
-		// The unified hierarchy of a hybrid host is optional (and on old
-		// kernels lacks cgroup.kill); the v1 freezer does the same job.
+		// The unified hierarchy of a hybrid host is optional; without
+		// cgroup.kill (before 5.14) the v1 freezer, where the container
+		// runtimes of a hybrid node keep their cgroups, is preferred to
+		// the v2 freeze.
 		v1h, err1 := checkV1(defaultV1Freezer)
 		if err1 != nil {
+			if err == nil {
+				return mode, h, nil
+			}
 			return "", nil, fmt.Errorf("hybrid cgroups: %v; and %v", err, err1)
 		}
+		reason := "no cgroup.kill"
+		if err != nil {
+			reason = err.Error()
+		}
 		if opts.Logger != nil {
-			opts.Logger.Warn("cgroup v2 unusable on hybrid host, using the v1 freezer", "reason", err.Error())
+			opts.Logger.Warn("cgroup v2 of the hybrid host not used, using the v1 freezer", "reason", reason)
 		}
 		return mode, v1h, nil
 	case ModeLegacy:
@@ -106,26 +115,76 @@ func orDefault(s, d string) string {
 	return s
 }
 
-// checkV2 makes sure mount is a cgroup2 filesystem whose kernel has
-// cgroup.kill (5.14). cgroup.kill is absent from the root cgroup, so the
-// kernel version is the probe: creating a cgroup just to look would touch
-// the hierarchy before anything asked for it.
-func checkV2(mount string) (hierarchy, error) {
+// checkV2 makes sure mount is a cgroup2 filesystem and picks its kill:
+// cgroup.kill (5.14), or freeze-kill-thaw through cgroup.freeze (5.2) on
+// older kernels or when forceFreeze asks for it.
+func checkV2(mount string, forceFreeze bool) (v2, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(mount, &st); err != nil {
-		return nil, fmt.Errorf("cgroup v2 mount %s: %w", mount, err)
+		return v2{}, fmt.Errorf("cgroup v2 mount %s: %w", mount, err)
 	}
 	if st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return nil, fmt.Errorf("cgroup v2 mount %s: not a cgroup2 filesystem", mount)
+		return v2{}, fmt.Errorf("cgroup v2 mount %s: not a cgroup2 filesystem", mount)
 	}
-	ok, rel, err := kernelAtLeast(5, 14)
+	kill, err := v2Offers(mount, "cgroup.kill", 5, 14)
 	if err != nil {
-		return nil, err
+		return v2{}, err
 	}
-	if !ok {
-		return nil, fmt.Errorf("cgroup v2 mount %s: kernel %s has no cgroup.kill (needs 5.14)", mount, rel)
+	if kill && !forceFreeze {
+		return v2{mount: mount}, nil
 	}
-	return v2{mount: mount}, nil
+	freeze, err := v2Offers(mount, "cgroup.freeze", 5, 2)
+	if err != nil {
+		return v2{}, err
+	}
+	if !freeze {
+		return v2{}, fmt.Errorf("cgroup v2 mount %s: the kernel has neither cgroup.kill (5.14) nor cgroup.freeze (5.2)", mount)
+	}
+	return v2{mount: mount, freeze: true}, nil
+}
+
+// v2Offers tells whether the kernel's cgroup v2 has the interface file
+// name. The root cgroup has neither cgroup.kill nor cgroup.freeze, and
+// making a cgroup just to look would touch the hierarchy before anything
+// asked for it: the file is looked for in the agent's own cgroup, else in
+// the first child cgroup of the root; with none, the kernel version
+// (major.minor, the release that added the file) decides.
+func v2Offers(mount, name string, major, minor int) (bool, error) {
+	var dirs []string
+	if own, err := ownV2Cgroup(); err == nil && own != "/" {
+		dirs = append(dirs, filepath.Join(mount, own))
+	}
+	if ents, err := os.ReadDir(mount); err == nil {
+		for _, d := range ents {
+			if d.IsDir() {
+				dirs = append(dirs, filepath.Join(mount, d.Name()))
+				break
+			}
+		}
+	}
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "cgroup.procs")); err != nil {
+			continue // not a cgroup (or not in this hierarchy)
+		}
+		_, err := os.Stat(filepath.Join(d, name))
+		return err == nil, nil
+	}
+	ok, _, err := kernelAtLeast(major, minor)
+	return ok, err
+}
+
+// ownV2Cgroup is the agent's cgroup v2 path ("0::" line).
+func ownV2Cgroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("no cgroup v2 line in /proc/self/cgroup")
 }
 
 // checkV1 makes sure mount is the v1 hierarchy holding the freezer.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +50,10 @@ type Options struct {
 	ProcRoot string // default /proc
 	Prefix   string // default "overtime"; tree names start with Prefix+"."
 	Logger   *slog.Logger
+	// FreezeKill makes a v2 hierarchy end trees by freeze-kill-thaw
+	// (cgroup.freeze) even where the kernel has cgroup.kill: the path of
+	// kernels before 5.14, driven on newer ones by the tests.
+	FreezeKill bool
 }
 
 // Enforcer confines process trees to cgroups of their own and acts on them.
@@ -66,7 +71,8 @@ type Enforcer struct {
 
 	mu    sync.Mutex
 	trees map[string]*tree
-	// sweeps are the background cgroup.kill writes of Kill (v2).
+	// sweeps are the background cgroup sweeps of Kill: cgroup.kill, or
+	// freeze-kill-thaw.
 	sweeps sync.WaitGroup
 }
 
@@ -78,6 +84,10 @@ type tree struct {
 	members map[int]int // pid → pidfd
 	rootFD  int         // O_PATH fd of the root process's / (-1: none)
 	mntFD   int         // its mount namespace, which keeps rootFD's mounts attached
+	// sweeping counts the tree's cgroup sweeps still running: Release
+	// waits for them (as busy) so it never moves tasks out of a cgroup a
+	// sweep has frozen.
+	sweeping atomic.Int32
 }
 
 // New detects (or takes from opts) the cgroup layout and checks that it can
@@ -102,8 +112,28 @@ func New(opts Options) (*Enforcer, error) {
 	}
 	e.mode, e.h = mode, h
 	_, e.v1 = h.(v1)
-	e.log.Info("enforcer ready", "mode", e.mode, "cgroup_mount", h.mountpoint(), "v1_freezer", e.v1)
+	e.log.Info("enforcer ready", "mode", e.mode, "cgroup_mount", h.mountpoint(), "v1_freezer", e.v1, "kill", e.KillMethod())
 	return e, nil
+}
+
+// Kill methods, as KillMethod names them.
+const (
+	KillCgroupKill = "cgroup.kill"           // v2, 5.14 and later
+	KillV2Freeze   = "cgroup.freeze+SIGKILL" // v2 before 5.14: freeze, kill each, thaw
+	KillV1Freezer  = "freezer.state+SIGKILL" // the v1 freezer: freeze, kill each, thaw
+)
+
+// KillMethod says how Kill ends what is in a tree's cgroup.
+func (e *Enforcer) KillMethod() string {
+	switch h := e.h.(type) {
+	case v1:
+		return KillV1Freezer
+	case v2:
+		if h.freeze {
+			return KillV2Freeze
+		}
+	}
+	return KillCgroupKill
 }
 
 // Mode is the cgroup layout: "unified", "hybrid" or "legacy".
@@ -315,7 +345,9 @@ func (e *Enforcer) Signal(name string, sig syscall.Signal) (int, error) {
 	return n, nil
 }
 
-// Kill implements agent.Enforcer.
+// Kill implements agent.Enforcer. It never waits on the cgroup: every
+// member known gets SIGKILL through its pidfd at once, and the sweep of the
+// cgroup (cgroup.kill, or freeze-kill-thaw) runs in the background.
 func (e *Enforcer) Kill(name string) error {
 	t := e.lookup(name, false)
 	if t == nil {
@@ -324,35 +356,33 @@ func (e *Enforcer) Kill(name string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var errs []error
-	if e.v1 && t.group != "" && e.h.exists(t.group) {
-		// Freeze, kill, thaw: no member forks while it is killed.
-		group := t.group
-		err := e.h.kill(group, func(pid int) error { return e.signalInGroup(group, pid, unix.SIGKILL) })
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	// Every member known gets SIGKILL through its pidfd: members forked
-	// before their parent's move or that could not be moved live outside
-	// the cgroup, and a pidfd takes no cgroup lock.
+	// Members forked before their parent's move or that could not be moved
+	// live outside the cgroup, and a pidfd takes no cgroup lock. A member
+	// with SIGKILL pending can fork no more.
 	for pid, fd := range t.members {
 		if err := pidfdSignal(fd, unix.SIGKILL); err != nil && !exited(err) {
 			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 		}
 	}
-	if !e.v1 && t.group != "" {
-		// cgroup.kill then ends whatever else is in the cgroup (a child
-		// forked a moment ago) and any fork still racing in. Writing it
-		// waits for the kernel's cgroup lock, held for milliseconds while
-		// many cgroups are removed at once: it runs in the background so
-		// the next tree's kill does not wait behind it.
+	if t.group != "" {
+		// The sweep then ends whatever else is in the cgroup (a child
+		// forked a moment ago) and any fork still racing in: cgroup.kill,
+		// or a freeze so that nothing inside forks while each member is
+		// killed through a pidfd checked for membership, then a thaw.
+		// Either waits for the kernel's cgroup lock (held for milliseconds
+		// while many cgroups are removed at once) and a freeze for tasks
+		// to stop: it runs in the background so the caller, and the next
+		// tree's kill, do not wait behind it.
 		group := t.group
+		sigkill := func(pid int) error { return e.signalInGroup(group, pid, unix.SIGKILL) }
+		t.sweeping.Add(1)
 		e.sweeps.Go(func() {
+			defer t.sweeping.Add(-1)
 			if !e.h.exists(group) {
 				return // released: nothing left in it
 			}
-			if err := e.h.kill(group, nil); err != nil && e.h.exists(group) {
-				e.log.Warn("kill through the cgroup", "tree", name, "cgroup", group, "err", err)
+			if err := e.h.kill(group, sigkill); err != nil && e.h.exists(group) {
+				e.log.Warn("kill through the cgroup", "tree", name, "cgroup", group, "kill", e.KillMethod(), "err", err)
 			}
 		})
 	}
@@ -374,6 +404,10 @@ func (e *Enforcer) Release(name string) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.sweeping.Load() > 0 {
+		// A sweep may hold the cgroup frozen: come back when it is done.
+		return busyError{fmt.Errorf("release %s: its cgroup is being swept by a kill", name)}
+	}
 	var errs []error
 	if t.group != "" && e.h.exists(t.group) {
 		if err := e.giveBack(t); err != nil {

@@ -21,11 +21,11 @@ const v1Mount = "/sys/fs/cgroup/freezer"
 
 // v2Mount and v2Mode are this node's cgroup v2 hierarchy and the mode that
 // drives it: /sys/fs/cgroup/unified on a hybrid node, /sys/fs/cgroup on a
-// pure v2 one; "" on a pure v1 node. v2Unusable says why the enforcer
-// cannot drive it (a kernel without cgroup.kill), "" when it can.
-var v2Mount, v2Mode, v2Unusable = findV2()
+// pure v2 one; "" on a pure v1 node. v2NoKill: the kernel has no
+// cgroup.kill (before 5.14), so the enforcer kills by freeze-kill-thaw.
+var v2Mount, v2Mode, v2NoKill = findV2()
 
-func findV2() (mount, mode, unusable string) {
+func findV2() (mount, mode string, noKill bool) {
 	for _, c := range []struct{ mount, mode string }{
 		{defaultV2Hybrid, ModeHybrid},
 		{defaultV2Unified, ModeUnified},
@@ -36,13 +36,10 @@ func findV2() (mount, mode, unusable string) {
 			break
 		}
 	}
-	if mount == "" {
-		return "", "", "no cgroup v2 mount (a pure v1 node)"
+	if ok, _, err := kernelAtLeast(5, 14); err == nil && !ok {
+		noKill = true
 	}
-	if ok, rel, err := kernelAtLeast(5, 14); err == nil && !ok {
-		unusable = "kernel " + rel + " has no cgroup.kill (5.14): the enforcer drives the v1 freezer here"
-	}
-	return mount, mode, unusable
+	return mount, mode, noKill
 }
 
 // treeScript is a root that ignores TERM through a trap (children do not
@@ -77,9 +74,6 @@ func newParent(t *testing.T, v1 bool) testParent {
 	mount := v2Mount
 	if v1 {
 		mount = v1Mount
-	} else if v2Unusable != "" {
-		// A pure v1 node, or a kernel before cgroup.kill (README: Tests).
-		t.Skip(v2Unusable)
 	}
 	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
 		// The v1 tests need a v1 freezer hierarchy, which a pure v2 node
@@ -124,8 +118,11 @@ func (p testParent) destroy(t *testing.T) {
 			for _, d := range dirs {
 				_ = os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0)
 			}
-		} else {
-			_ = os.WriteFile(filepath.Join(p.dir(), "cgroup.kill"), []byte("1"), 0)
+		} else if err := os.WriteFile(filepath.Join(p.dir(), "cgroup.kill"), []byte("1"), 0); err != nil {
+			// Before 5.14: the test's own processes, one by one.
+			for _, pid := range pids {
+				killPid(pid)
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -295,9 +292,17 @@ func cgroupPath(t *testing.T, pid int, v1 bool) string {
 
 func newEnforcer(t *testing.T, mode string) *Enforcer {
 	t.Helper()
+	// Before 5.14 the v2 tests drive the v2 freeze, which a hybrid node
+	// would otherwise leave for the v1 freezer.
+	return newEnforcerOpts(t, Options{Mode: mode, FreezeKill: mode == v2Mode && v2NoKill})
+}
+
+func newEnforcerOpts(t *testing.T, opts Options) *Enforcer {
+	t.Helper()
 	// A prefix of the tests' own: an agent running on the same machine
 	// never adopts these trees, and these tests never see its trees.
-	e, err := New(Options{Mode: mode, Prefix: testPrefix})
+	opts.Prefix = testPrefix
+	e, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,18 +79,18 @@ const (
 // one), or the v1 freezer on a pure v1 node (v1 true).
 func cgroupRoot(t *testing.T) (root string, v1 bool) {
 	t.Helper()
-	// Before 5.14 (no cgroup.kill) the agent drives the v1 freezer even
-	// where v2 is mounted beside it (hybrid).
-	if hasCgroupKill(t) {
+	// Before 5.14 (no cgroup.kill) the agent drives the v1 freezer where
+	// one is mounted beside v2 (hybrid), and the v2 freeze on pure v2.
+	var st syscall.Statfs_t
+	freezer := syscall.Statfs("/sys/fs/cgroup/freezer", &st) == nil && st.Type == 0x27e0eb // CGROUP_SUPER_MAGIC
+	if hasCgroupKill(t) || !freezer {
 		for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-			var st syscall.Statfs_t
 			if syscall.Statfs(p, &st) == nil && st.Type == 0x63677270 { // CGROUP2_SUPER_MAGIC
 				return p, false
 			}
 		}
 	}
-	var st syscall.Statfs_t
-	if syscall.Statfs("/sys/fs/cgroup/freezer", &st) == nil && st.Type == 0x27e0eb { // CGROUP_SUPER_MAGIC
+	if freezer {
 		return "/sys/fs/cgroup/freezer", true
 	}
 	t.Fatal("no cgroup v2 mount and no v1 freezer")
@@ -125,18 +125,22 @@ type testCgroup struct {
 	v1   bool   // a v1 freezer cgroup (a pure v1 node)
 }
 
-// kill ends every process in dir: cgroup.kill on v2; on the v1 freezer,
-// freeze, SIGKILL each member, thaw.
+// kill ends every process in dir: cgroup.kill on v2 (5.14); otherwise
+// freeze (freezer.state on v1, cgroup.freeze on v2), SIGKILL each member,
+// thaw.
 func (cg *testCgroup) kill(dir string) {
+	ctl, frozen, thawed := "freezer.state", "FROZEN", "THAWED"
 	if !cg.v1 {
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-		return
+		if os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0) == nil {
+			return
+		}
+		ctl, frozen, thawed = "cgroup.freeze", "1", "0"
 	}
-	_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("FROZEN"), 0)
+	_ = os.WriteFile(filepath.Join(dir, ctl), []byte(frozen), 0)
 	for _, pid := range readPids(filepath.Join(dir, "cgroup.procs")) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0)
+	_ = os.WriteFile(filepath.Join(dir, ctl), []byte(thawed), 0)
 }
 
 func newTestCgroup(t *testing.T) *testCgroup {
