@@ -295,10 +295,24 @@ func (s *Source) process(r *bpf.Record) *Process {
 	p.Exe = exe
 	cg, err := s.proc.Cgroup(pid)
 	if err != nil {
-		cg = s.cgroupPath(r.CgroupID)
+		cg = s.kernelCgroup(r.CgroupID)
 	}
 	p.Cgroup = cg
 	return p
+}
+
+// kernelCgroup is the cgroup of a process already gone from /proc, from
+// the record's cgroup id: bpf_get_current_cgroup_id is the id in the cgroup
+// v2 hierarchy. When the agent reads cgroups from the v1 freezer hierarchy
+// (a pure v1 node, where that id is the v2 root's for every task, or a
+// hybrid one whose trees live in the freezer), a v2 path would name a
+// cgroup of another hierarchy: the cgroup stays unknown ("") rather than
+// misattributed.
+func (s *Source) kernelCgroup(id uint64) string {
+	if s.proc.v1 {
+		return ""
+	}
+	return s.cgroupPath(id)
 }
 
 // splitArgs splits NUL-separated argv; a final unterminated (truncated)

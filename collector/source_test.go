@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
 	"overtime/bpf"
@@ -168,6 +169,39 @@ func TestSourceExecForkExit(t *testing.T) {
 	if got := h.src.cgroupPath(cgroupIno(t, self)); got != self {
 		t.Errorf("cgroup id resolved to %q, want %q", got, self)
 	}
+}
+
+// A record of a process gone from /proc takes its cgroup from the kernel's
+// cgroup id only where the agent's cgroups are v2 ones: with the v1
+// freezer, the v2 id names a cgroup of another hierarchy, and the cgroup
+// stays unknown.
+func TestGoneProcessCgroupFromKernelID(t *testing.T) {
+	self, err := (&Procfs{fs: mustProcFS(t)}).Cgroup(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := cgroupIno(t, self)
+	// No process has PID 2^31-1 (pid_max is at most 2^22): gone from /proc.
+	rec := &bpf.Record{TGID: 1<<31 - 1, CgroupID: id, Filename: []byte("/gone")}
+	for _, v1 := range []bool{false, true} {
+		s := &Source{proc: &Procfs{fs: mustProcFS(t), v1: v1}, log: slog.New(slog.DiscardHandler), cgroups: map[uint64]string{}}
+		want := self
+		if v1 {
+			want = ""
+		}
+		if got := s.process(rec).Cgroup; got != want {
+			t.Errorf("v1 %v: cgroup of a gone process = %q, want %q", v1, got, want)
+		}
+	}
+}
+
+func mustProcFS(t *testing.T) procfs.FS {
+	t.Helper()
+	fs, err := procfs.NewFS("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fs
 }
 
 func cgroupIno(t *testing.T, path string) uint64 {
