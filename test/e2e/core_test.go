@@ -60,26 +60,53 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 		t.Fatalf("test cgroup holds %v, want only the neighbour %d", got, neighbour.pid)
 	}
 
-	// The times below follow the agent's deadline (from the process's
-	// start as the kernel has it), not when this test asked for the
-	// start: on a slow machine (a VM under TCG) the exec took most of a
-	// second.
+	// Times come from the agent's deadline, the kernel's start time + 3s:
+	// the process starts a while after the test's fork call (half a second
+	// under TCG), so the test's clock before the fork would put the
+	// deadline too early.
 	deadline := info.Deadline
-	if d := deadline.Sub(started); d < 3*time.Second-50*time.Millisecond || d > 5*time.Second { // starttime has 10ms ticks
-		t.Fatalf("deadline %v after the test started the process, want 3s and the start's delay", d)
+	if info.StartedAt.Before(started.Add(-50 * time.Millisecond)) { // ticks of 10 ms, clock conversions
+		t.Fatalf("started_at %v is before the test started the process (%v)", info.StartedAt, started)
 	}
+	t.Logf("the process started %v after the test's fork call", info.StartedAt.Sub(started))
 
-	// After the deadline, TERM was sent and ignored: all alive, terminating.
-	time.Sleep(time.Until(deadline.Add(500 * time.Millisecond)))
-	if info, _ := a.process(p.pid); info.State != "terminating" {
-		t.Fatalf("state after the deadline = %q, want terminating", info.State)
+	// Running until the deadline; then, within termLate, TERM sent and
+	// ignored: terminating, all alive. Each reading is stamped with when
+	// its request began (running then) or ended (terminating by then).
+	const termLate = 500 * time.Millisecond
+	for {
+		asked := time.Now()
+		info, ok := a.process(p.pid)
+		answered := time.Now()
+		if !ok {
+			t.Fatal("the root left the table before deadline + grace")
+		}
+		if info.State == "terminating" {
+			if answered.Before(deadline) {
+				t.Fatalf("terminating at %v, before the deadline %v", answered, deadline)
+			}
+			t.Logf("terminating within %v after the deadline", answered.Sub(deadline))
+			break
+		}
+		if info.State != "running" {
+			t.Fatalf("state %q between start and deadline + grace, want running then terminating", info.State)
+		}
+		if asked.After(deadline.Add(termLate)) {
+			t.Fatalf("still running %v after the deadline (at most %v)", asked.Sub(deadline), termLate)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	// Just before deadline + grace: nothing killed yet.
-	time.Sleep(time.Until(deadline.Add(2*time.Second - 400*time.Millisecond)))
 	if !p.alive() || !pidAlive(kids[0]) || !pidAlive(kids[1]) {
-		t.Fatal("the tree died before deadline + grace")
+		t.Fatal("the tree died of a TERM its root ignores")
 	}
-	if !p.waitDone(4 * time.Second) {
+	// Until just before deadline + grace: nothing killed.
+	for time.Now().Before(deadline.Add(2*time.Second - 100*time.Millisecond)) {
+		if !p.alive() || !pidAlive(kids[0]) || !pidAlive(kids[1]) {
+			t.Fatalf("the tree died %v after the deadline, before deadline + grace (2s)", time.Since(deadline))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !p.waitDone(time.Until(deadline.Add(6 * time.Second))) {
 		t.Fatal("the tree's root still alive 4s after deadline + grace")
 	}
 	if early := time.Until(deadline.Add(2 * time.Second)); early > 0 {
@@ -117,6 +144,21 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 	}
 	if strings.Join(seen, ",") != "signal:ok,kill:ok,kill:confirmed" {
 		t.Fatalf("actions of the tree = %v", seen)
+	}
+	// The agent's own record: TERM at the deadline, KILL at deadline +
+	// grace, not before (1 ms: API times are rounded to it).
+	for _, act := range a.actions() {
+		if act.PID != p.pid || act.Result != "ok" {
+			continue
+		}
+		due := deadline
+		if act.Action == "kill" {
+			due = deadline.Add(2 * time.Second)
+		}
+		if act.Time.Before(due.Add(-time.Millisecond)) {
+			t.Fatalf("%s at %v, before it was due at %v", act.Action, act.Time, due)
+		}
+		t.Logf("%s %v after it was due", act.Action, act.Time.Sub(due))
 	}
 	if code := a.stop(); code != 0 {
 		t.Fatalf("agent exit code on SIGTERM = %d, want 0", code)

@@ -655,14 +655,24 @@ rules:
       paths: [%[2]q]
 `, name, in+"/*"))
 	eng := engine(t, dir, name, fmt.Sprintf("echo lock > %[1]s/lock\nmkdir %[1]s/d\ncat > /dev/null", in))
-	started := time.Now()
 	p := cg.launch(t, dir, nil, eng)
+	var deadline time.Time
 	eventually(t, 15*time.Second, "files created", func() bool {
 		info, ok := a.process(p.pid)
+		deadline = info.Deadline
 		return ok && slices.Contains(info.CreatedFiles, in+"/lock")
 	})
 
-	time.Sleep(time.Until(started.Add(3*time.Second + 700*time.Millisecond)))
+	// Past deadline + grace (the agent's deadline: the process starts a
+	// while after the fork call), both signals are counted as skipped, the
+	// KILL not before its time.
+	skipped := func(sig string) float64 {
+		return a.counter(fmt.Sprintf(`overtime_kills_total{result="skipped_monitor",rule="ovt-monitor",signal=%q}`, sig))
+	}
+	eventually(t, time.Until(deadline.Add(6*time.Second)), "the would-be KILL counted", func() bool { return skipped("SIGKILL") >= 1 })
+	if now := time.Now(); now.Before(deadline.Add(time.Second)) {
+		t.Fatalf("would-be KILL counted %v after the deadline, before deadline + grace (1s)", now.Sub(deadline))
+	}
 	if !p.alive() {
 		t.Fatal("monitor mode ended the tree")
 	}
@@ -670,7 +680,7 @@ rules:
 		t.Fatalf("state = %q, want overdue", info.State)
 	}
 	for _, sig := range []string{"SIGTERM", "SIGKILL"} {
-		if v := a.counter(fmt.Sprintf(`overtime_kills_total{result="skipped_monitor",rule="ovt-monitor",signal=%q}`, sig)); v != 1 {
+		if v := skipped(sig); v != 1 {
 			t.Fatalf("kills_total{%s,skipped_monitor} = %v", sig, v)
 		}
 	}
