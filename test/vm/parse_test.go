@@ -57,15 +57,19 @@ func TestParseResults(t *testing.T) {
 // A documented refusal is its own status; a refusal nobody documented, or
 // an agent that starts where a refusal is documented, fails.
 func TestRefusals(t *testing.T) {
+	// A refusal of the test's own: the list is empty today.
+	refusals["6.1/hybrid"] = "invalid access to map value"
+	defer delete(refusals, "6.1/hybrid")
 	for _, tc := range []struct {
 		kernel, layout, refused string
 		want                    string
 	}{
-		{"5.10", "v2", "err=... has no cgroup.kill (needs 5.14)", "REFUSED"},
-		{"5.10", "v2", "", "FAIL"},
+		{"5.10", "v2", "err=... has no cgroup.kill (needs 5.14)", "FAIL"},
+		{"5.10", "v2", "", "PASS"},
 		{"5.10", "v1", "err=... BPF_STX uses reserved fields ...", "FAIL"},
-		{"6.1", "hybrid", "err=... invalid access to map value ...", "FAIL"},
-		{"6.12", "v2", "err=... has no cgroup.kill (needs 5.14)", "FAIL"},
+		{"6.1", "hybrid", "err=... invalid access to map value ...", "REFUSED"},
+		{"6.1", "hybrid", "err=... BPF_STX uses reserved fields ...", "FAIL"},
+		{"6.1", "hybrid", "", "FAIL"},
 		{"5.10", "hybrid", "", "PASS"},
 		{"6.1", "v1", "", "PASS"},
 	} {
