@@ -160,6 +160,17 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 		}
 		t.Logf("%s %v after it was due", act.Action, act.Time.Sub(due))
 	}
+	// The kill the agent said it uses at start, for this node's layout and
+	// kernel: the v1 freezer, cgroup.kill (5.14), or the v2 freeze.
+	want := "cgroup.kill"
+	if cg.v1 {
+		want = "freezer.state+SIGKILL"
+	} else if !hasCgroupKill(t) {
+		want = "cgroup.freeze+SIGKILL"
+	}
+	if ready := a.logLines("enforcer ready"); len(ready) != 1 || ready[0]["kill"] != want {
+		t.Fatalf("enforcer ready log lines %v, want one with kill=%s", ready, want)
+	}
 	if code := a.stop(); code != 0 {
 		t.Fatalf("agent exit code on SIGTERM = %d, want 0", code)
 	}
