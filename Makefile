@@ -53,7 +53,7 @@ deps-generate:
 	@command -v clang >/dev/null && dpkg -s libbpf-dev >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev >/dev/null; }
 
 .PHONY: test
-test: deps ## run every test as root against the real kernel (vet, race, short fuzz)
+test: deps ## run every test as root against the real kernel (vet, race, short fuzz), then the smoke set of the kernel matrix in VMs
 	@[ "$$(id -u)" = 0 ] || { echo "make test runs as root: the tests load eBPF programs, make cgroups and kill their own processes"; exit 1; }
 	$(GO) vet ./...
 	OVERTIME_REQUIRE_CLANG=1 OVERTIME_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /test/container)
@@ -61,6 +61,7 @@ test: deps ## run every test as root against the real kernel (vet, race, short f
 	OVERTIME_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m ./test/container/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./agent/ ./bpf/ ./collector/ # the micro benchmarks still run
 	$(MAKE) --no-print-directory fuzz FUZZTIME=100000x
+	OVERTIME_REQUIRE_TOOLS=1 $(GO) run ./test/vm -set smoke # the smoke set on 5.10, 6.1, 6.12 x pure v2, v1, hybrid, in VMs
 
 .PHONY: test-kernels
 test-kernels: deps ## the real-kernel tests in VMs: Debian 5.10, 6.1, 6.12 x cgroup pure v2, pure v1, hybrid (qemu TCG; writes the README table)
