@@ -42,7 +42,10 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 		return ok && len(kids) == 2 && len(a.processes()) == 3
 	})
 	info, _ := a.process(p.pid)
-	if info.Rule != "ovt-stubborn" || info.State != "running" {
+	// Its state is checked against the deadline below: a slow agent (TCG,
+	// a busy host) may see the exec late enough that the read here comes
+	// after the deadline.
+	if info.Rule != "ovt-stubborn" {
 		t.Fatalf("root as tracked: %+v", info)
 	}
 	if d := info.Deadline.Sub(info.StartedAt); d != 3*time.Second {
