@@ -339,7 +339,11 @@ func writeReadme(path string, set testSet, cells []*cell, caps map[string]string
 		}
 		var notes []string
 		if c.res.refused != "" {
-			notes = append(notes, "agent refuses: `"+strings.TrimSpace(c.res.refused)+"`")
+			note := "agent refuses: `" + refusalText(c.res.refused) + "`"
+			if want, ok := refusal(c.key()); ok && strings.Contains(c.res.refused, want) {
+				note = "agent refuses as documented (`" + want + "`): `" + refusalText(c.res.refused) + "`"
+			}
+			notes = append(notes, note)
 		}
 		seen := map[string][]string{}
 		for _, p := range c.res.pkgs {
@@ -361,6 +365,18 @@ func writeReadme(path string, set testSet, cells []*cell, caps map[string]string
 	}
 	out := string(b[:i]) + t.String() + string(b[j:])
 	return os.WriteFile(path, []byte(out), 0o644)
+}
+
+// refusalText is the agent's error from a refusal line, without the log
+// lines before it, cut to a few hundred bytes (a verifier log runs long).
+func refusalText(s string) string {
+	if i := strings.Index(s, "err="); i >= 0 {
+		s = s[i:]
+	}
+	if i := strings.Index(s, " ... "); i >= 0 {
+		s = s[:i]
+	}
+	return clip(strings.TrimSpace(s), 300)
 }
 
 func cellSummary(c *cell) string {

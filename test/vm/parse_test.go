@@ -101,3 +101,12 @@ func TestNothingRunFails(t *testing.T) {
 		t.Fatalf("%s: %s", c.status, c.line)
 	}
 }
+
+// The README keeps the agent's error of a refusal, not the log before it.
+func TestRefusalText(t *testing.T) {
+	in := `time=1 level=INFO msg="enforcer ready" kill=cgroup.kill time=2 level=ERROR msg="overtime stopped on an error" err="eBPF: load program: invalid argument:\n\tBPF_STX uses reserved fields"  ... time=1 level=INFO msg="enforcer ready"`
+	want := `err="eBPF: load program: invalid argument: BPF_STX uses reserved fields"`
+	if got := refusalText(in); got != want {
+		t.Errorf("refusalText = %q, want %q", got, want)
+	}
+}
