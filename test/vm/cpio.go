@@ -86,21 +86,6 @@ func (c *cpioWriter) copyFile(name, src string) error {
 	return c.file(name, st.Mode(), b)
 }
 
-func (c *cpioWriter) symlink(name, target string) error {
-	if err := c.mkdirAll(path.Dir(name)); err != nil {
-		return err
-	}
-	if err := c.header(name, 0o120777, int64(len(target))); err != nil {
-		return err
-	}
-	n, err := io.WriteString(c.w, target)
-	c.off += int64(n)
-	if err != nil {
-		return err
-	}
-	return c.pad()
-}
-
 func (c *cpioWriter) close() error {
 	if err := c.header("TRAILER!!!", 0, 0); err != nil {
 		return err

@@ -13,13 +13,13 @@ import (
 
 // pkgResult is one test binary's run in a guest.
 type pkgResult struct {
-	pkg                   string
-	passed, failed        []string
-	skipped               map[string]string // test → reason
-	failures              map[string]string // test → first message
-	rc                    int
-	seconds               float64 // guest time
-	ended, notRun, inPlan bool
+	pkg            string
+	passed, failed []string
+	skipped        map[string]string // test → reason
+	failures       map[string]string // test → first message
+	rc             int
+	seconds        float64 // guest time
+	ended, notRun  bool
 }
 
 // cellResult is everything one guest reported.

@@ -87,12 +87,6 @@ func planFile(s testSet) []byte {
 // layouts are the cgroup layouts a guest's init can mount.
 var layouts = []string{"v2", "v1", "hybrid"}
 
-var layoutNames = map[string]string{
-	"v2":     "pure v2 at /sys/fs/cgroup",
-	"v1":     "pure v1 (freezer, cpu, memory, pids; no v2 mounted)",
-	"hybrid": "hybrid (v1 controllers, v2 at /sys/fs/cgroup/unified)",
-}
-
 // refusals are the cells where the agent refuses to start: the README
 // documents each with the reason the agent prints. A cell whose agent
 // starts where a refusal is listed fails, so the list cannot go stale.
