@@ -21,6 +21,22 @@ finish() {
 }
 trap finish EXIT
 
+# await_end LIMIT NOTE: waits for restic to end (fails after LIMIT seconds),
+# ends the feeder (the demo's own `sleep`: the pipeline's job ends with it)
+# and says when and how restic ended.
+await_end() {
+	while kill -0 "$restic_pid" 2>/dev/null; do
+		sleep 0.2
+		if (( $(date +%s%N) - started > $1 * 1000000000 )); then echo "restic still alive after $1s"; exit 1; fi
+	done
+	kill "$feeder_pid" 2>/dev/null || true
+	feeder_pid=""
+	wait "$restic_pid" 2>/dev/null && status=0 || status=$?
+	ms=$(( ($(date +%s%N) - started) / 1000000 ))
+	printf 'restic ended %d.%03ds after it started%s, wait status %s (143 = SIGTERM, 137 = SIGKILL)\n' $((ms / 1000)) $((ms % 1000)) "$2" "$status"
+	sleep 0.5
+}
+
 [ "$(id -u)" = 0 ] || { echo "make demo runs as root (eBPF and cgroups)"; exit 1; }
 
 # The embedded defaults, with the restic rule's timeout and grace shortened.
@@ -60,17 +76,7 @@ say "metrics while it runs"
 curl -fsS "http://$ADDR/metrics" | grep -E '^overtime_(tracked|overdue)_processes\{rule="restic"\}'
 
 say "waiting for the deadline ($TIMEOUT) and the grace ($GRACE)..."
-while kill -0 "$restic_pid" 2>/dev/null; do
-	sleep 0.2
-	if (( $(date +%s%N) - started > 90000000000 )); then echo "restic still alive after 90s"; exit 1; fi
-done
-# The feeder is the demo's own `sleep`; the pipeline's job ends with it.
-kill "$feeder_pid" 2>/dev/null || true
-feeder_pid=""
-wait "$restic_pid" 2>/dev/null && status=0 || status=$?
-ms=$(( ($(date +%s%N) - started) / 1000000 ))
-printf 'restic ended %d.%03ds after it started, wait status %s (143 = SIGTERM, 137 = SIGKILL)\n' $((ms / 1000)) $((ms % 1000)) "$status"
-sleep 0.5
+await_end 90 ""
 
 say "what overtime logged"
 grep -E 'tracking|overdue|killed|tree ended|removed|cleanup' "$work/agent.log" | sed 's/^time=[^ ]* //'
@@ -115,16 +121,7 @@ say "overtime ps: last_progress and stalled_seconds"
 curl -fsS "http://$ADDR/api/v1/processes" | grep -E '"(pid|deadline|last_progress|stalled_seconds|state)"'
 
 say "waiting for the stall ($STALL) and the grace ($GRACE)..."
-while kill -0 "$restic_pid" 2>/dev/null; do
-	sleep 0.2
-	if (( $(date +%s%N) - started > 60000000000 )); then echo "restic still alive after 60s"; exit 1; fi
-done
-kill "$feeder_pid" 2>/dev/null || true
-feeder_pid=""
-wait "$restic_pid" 2>/dev/null && status=0 || status=$?
-ms=$(( ($(date +%s%N) - started) / 1000000 ))
-printf 'restic ended %d.%03ds after it started (its timeout: 12h), wait status %s\n' $((ms / 1000)) $((ms % 1000)) "$status"
-sleep 0.5
+await_end 60 " (its timeout: 12h)"
 say "what overtime logged"
 grep -E 'tracking|stalled|killed|tree ended|removed|cleanup' "$work/agent2.log" | sed 's/^time=[^ ]* //'
 say "actions (/api/v1/actions)"
