@@ -544,15 +544,24 @@ func readPids(path string) []int {
 	return out
 }
 
+// pidAlive: the process exists and is not a zombie.
 func pidAlive(pid int) bool {
+	st := procState(pid)
+	return st != "" && st != "Z"
+}
+
+// procState is the state letter of /proc/PID/stat ("" when gone).
+func procState(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return false
+		return ""
 	}
-	// A zombie is not alive.
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
 }
 
 // tool finds a command the test runs (see testtool.Find).

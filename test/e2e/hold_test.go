@@ -13,20 +13,6 @@ import (
 	"time"
 )
 
-// procState is the state letter of /proc/PID/stat ("" when gone).
-func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return ""
-	}
-	return s[i+2 : i+3]
-}
-
 // guardsOf lists the hold guards the agent with PID agent started.
 func guardsOf(agent int) []int {
 	var out []int
