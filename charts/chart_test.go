@@ -656,7 +656,7 @@ func TestRenderedConfig(t *testing.T) {
 		t.Errorf("restic profile %+v", r)
 	}
 	if r := cfg.Rules[byName["borg"]]; r.Timeout != "12h" || r.Cleanup == nil ||
-		!slices.Equal(r.Cleanup.Paths, []string{"**/lock.exclusive", "**/lock.exclusive/*", "**/lock.roster"}) {
+		!slices.Equal(r.Cleanup.Paths, []string{"**/lock.exclusive", "**/lock.exclusive/*", "**/lock.exclusive.*.tmp", "**/lock.exclusive.*.tmp/*", "**/lock.roster"}) {
 		t.Errorf("borg profile %+v", r)
 	}
 	for _, name := range []string{"restic", "borg", "kopia"} {
