@@ -592,7 +592,7 @@ rules:
     timeout: 10s
     kill: {signal: SIGKILL}
     cleanup:
-      paths: ["**/lock.exclusive", "**/lock.exclusive/*", "**/lock.roster"]
+      paths: ["**/lock.exclusive", "**/lock.exclusive/*", "**/lock.roster", "**/lock.exclusive.*.tmp", "**/lock.exclusive.*.tmp/*"]
 `)
 	p := cg.launch(t, dir, env, "borg", "create", repo+"::a", "-")
 	var lockFiles []string
@@ -613,14 +613,48 @@ rules:
 	}
 	// Borg locks its cache the same way (BORG_BASE_DIR/.cache/borg/<repo
 	// id>/lock.exclusive and lock.roster, which `borg break-lock` also
-	// breaks): the paths name those too. 3 in the repository, 3 in the cache.
-	eventually(t, 15*time.Second, "borg's locks removed", func() bool {
-		return a.counter(`overtime_cleanup_removed_files_total{rule="borg"}`) == 6
+	// breaks): the paths name those too. 3 in the repository, 3 in the
+	// cache, and, when borg was killed between making a lock's temporary
+	// directory (lock.exclusive.<random>.tmp) and renaming it into place,
+	// that directory and what it holds.
+	cacheLocks := filepath.Join(dir, "base", ".cache", "borg", "*", "lock.*")
+	eventuallyState(t, 15*time.Second, "borg's locks removed", func() (bool, string) {
+		left, _ := filepath.Glob(filepath.Join(repo, "lock.*"))
+		cache, _ := filepath.Glob(cacheLocks)
+		left = append(left, cache...)
+		return len(left) == 0, fmt.Sprintf("left: %v", left)
 	})
-	wantGone(t, filepath.Join(repo, "lock.exclusive"))
-	wantGone(t, filepath.Join(repo, "lock.roster"))
-	if left, _ := filepath.Glob(filepath.Join(dir, "base", ".cache", "borg", "*", "lock.*")); len(left) != 0 {
-		t.Fatalf("cache locks left: %v", left)
+	var removed []string
+	eventuallyState(t, 5*time.Second, "one removal counted per removal logged", func() (bool, string) {
+		removed = removed[:0]
+		for _, rec := range a.logLines("removed") {
+			if path, _ := rec["path"].(string); rec["msg"] == "removed" && path != "" {
+				removed = append(removed, path)
+			}
+		}
+		n := a.counter(`overtime_cleanup_removed_files_total{rule="borg"}`)
+		return len(removed) >= 6 && n == float64(len(removed)), fmt.Sprintf("counter %v, logged %q", n, removed)
+	})
+	var repoLocks, cacheLockNames int
+	for _, path := range removed {
+		rel, tmp := strings.TrimPrefix(path, dir+"/"), false
+		for _, part := range strings.Split(rel, "/") {
+			if strings.HasPrefix(part, "lock.exclusive.") && strings.HasSuffix(part, ".tmp") {
+				tmp = true
+			}
+		}
+		switch {
+		case tmp:
+		case strings.HasPrefix(rel, "repo/lock."):
+			repoLocks++
+		case strings.HasPrefix(rel, "base/.cache/borg/") && strings.Contains(rel, "/lock."):
+			cacheLockNames++
+		default:
+			t.Errorf("removed %s, which is not one of borg's locks", path)
+		}
+	}
+	if repoLocks != 3 || cacheLockNames != 3 {
+		t.Fatalf("removed %d of the repository's 3 lock entries and %d of the cache's 3: %q", repoLocks, cacheLockNames, removed)
 	}
 	if got := a.skips(); len(got) != 0 {
 		t.Fatalf("skips: %q", got)
