@@ -26,18 +26,38 @@ type Hold struct {
 // that outlives the agent) as descriptors.
 type Holds struct {
 	held, expired *ebpf.Map
+	// busy holds one boot-clock time: until then the agent is alive and
+	// attaching the file programs its holds wait for (see MarkBusy).
+	busy *ebpf.Map
+}
+
+// busyRefresh is how often MarkBusy moves the busy mark on, and busyAhead
+// how far ahead of now it puts it: an agent stopped or killed mid-attach
+// stops moving it, and its holds are due again within busyAhead.
+const (
+	busyRefresh = 50 * time.Millisecond
+	busyAhead   = 4 * busyRefresh
+)
+
+// newBusyMap makes the single-slot map of the busy mark.
+func newBusyMap() (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "holds_busy", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("create the holds busy map: %w", err)
+	}
+	return m, nil
 }
 
 // Holds returns the tracer's hold record.
 func (t *Tracer) Holds() *Holds {
-	return &Holds{held: t.objs.Holds, expired: t.objs.HoldsExpired}
+	return &Holds{held: t.objs.Holds, expired: t.objs.HoldsExpired, busy: t.holdsBusy}
 }
 
-// Files returns the two maps as files to hand to a child process (in
+// Files returns the three maps as files to hand to a child process (in
 // exec.Cmd.ExtraFiles order); OpenHolds takes their descriptors there.
 func (h *Holds) Files() ([]*os.File, error) {
 	var out []*os.File
-	for _, m := range []*ebpf.Map{h.held, h.expired} {
+	for _, m := range []*ebpf.Map{h.held, h.expired, h.busy} {
 		c, err := m.Clone()
 		if err != nil {
 			return nil, fmt.Errorf("duplicate the holds map: %w", err)
@@ -47,18 +67,73 @@ func (h *Holds) Files() ([]*os.File, error) {
 	return out, nil
 }
 
-// OpenHolds opens the hold record from the descriptors Files handed down.
-func OpenHolds(heldFD, expiredFD int) (*Holds, error) {
-	held, err := ebpf.NewMapFromFD(heldFD)
-	if err != nil {
-		return nil, fmt.Errorf("open the holds map (fd %d): %w", heldFD, err)
+// OpenHolds opens the hold record from the descriptors Files handed down,
+// in its order.
+func OpenHolds(fds ...int) (*Holds, error) {
+	if len(fds) != 3 {
+		return nil, fmt.Errorf("open the hold record: %d descriptors, want 3", len(fds))
 	}
-	expired, err := ebpf.NewMapFromFD(expiredFD)
-	if err != nil {
-		held.Close()
-		return nil, fmt.Errorf("open the expired holds counter (fd %d): %w", expiredFD, err)
+	var maps [3]*ebpf.Map
+	for i, fd := range fds {
+		m, err := ebpf.NewMapFromFD(fd)
+		if err != nil {
+			for _, m := range maps[:i] {
+				m.Close()
+			}
+			return nil, fmt.Errorf("open the hold record's map on fd %d: %w", fd, err)
+		}
+		maps[i] = m
 	}
-	return &Holds{held: held, expired: expired}, nil
+	return &Holds{held: maps[0], expired: maps[1], busy: maps[2]}, nil
+}
+
+// MarkBusy tells the guard that the agent is alive and attaching what its
+// holds wait for, until the returned function is called: the mark is moved
+// on every busyRefresh from a goroutine of its own, so a slow attach (the
+// kernel's tracepoint lock, a loaded node) does not let a hold expire
+// before the process's first file is recorded, while an agent that stops
+// or dies mid-attach stops moving it. When done, the mark is left to lapse
+// busyAhead later: the time the agent has to decide on the process (track
+// and confine it, then resume it) once the attach is done.
+func (h *Holds) MarkBusy() (done func()) {
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	mark := func(until time.Duration) { _ = h.busy.Put(uint32(0), uint64(until)) }
+	mark(BootNow() + busyAhead)
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(busyRefresh)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				mark(BootNow() + busyAhead)
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-stopped
+		mark(BootNow() + busyAhead)
+	}
+}
+
+// BusyUntil reads the busy mark: the boot-clock time until which the agent
+// said it is attaching (0 before it ever did).
+func (h *Holds) BusyUntil() (time.Duration, error) {
+	var v uint64
+	if err := h.busy.Lookup(uint32(0), &v); err != nil {
+		return 0, fmt.Errorf("read the holds busy mark: %w", err)
+	}
+	return time.Duration(v), nil
+}
+
+// BootNow reads CLOCK_BOOTTIME, the clock of the hold record's times.
+func BootNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return time.Duration(ts.Nano())
 }
 
 // List returns every hold on record.
@@ -104,7 +179,7 @@ func (h *Holds) AddExpired(n uint64) error {
 
 // Close releases the maps.
 func (h *Holds) Close() error {
-	return errors.Join(h.held.Close(), h.expired.Close())
+	return errors.Join(h.held.Close(), h.expired.Close(), h.busy.Close())
 }
 
 // bpffsMagic is BPF_FS_MAGIC (linux/magic.h).

@@ -62,6 +62,9 @@ type Tracer struct {
 	mu      sync.Mutex
 	pending [][]byte
 
+	// holdsBusy is the hold record's busy mark (Holds.MarkBusy).
+	holdsBusy *ebpf.Map
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -128,7 +131,11 @@ func Load(opts Options) (*Tracer, error) {
 	spec.Maps[overtimeMapEvents].MaxEntries = uint32(size)
 
 	t := &Tracer{}
+	if t.holdsBusy, err = newBusyMap(); err != nil {
+		return nil, err
+	}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		t.holdsBusy.Close()
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load BPF programs: %+v", ve)
@@ -401,6 +408,9 @@ func (t *Tracer) EnableFiles() error {
 	if fs.closing != nil {
 		fs = t.sets[1]
 	}
+	// The processes held at exec wait for this: the guard keeps them held
+	// while it lasts (up to its limit), so their first files are recorded.
+	defer t.Holds().MarkBusy()()
 	for fs.closing != nil {
 		done := fs.closing
 		t.fmu.Unlock()
@@ -675,7 +685,7 @@ func (t *Tracer) Close() error {
 		if t.spare != nil {
 			t.spare.Close()
 		}
-		errs = append(errs, t.objs.Close())
+		errs = append(errs, t.objs.Close(), t.holdsBusy.Close())
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr

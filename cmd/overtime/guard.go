@@ -33,6 +33,13 @@ const guardCommand = "hold-guard"
 // it is resumed whatever the agent is doing.
 const DefaultHoldBound = time.Second
 
+// busyHold is how long a hold may last while the agent says it is alive
+// and attaching the file programs the hold waits for (bpf.Holds.MarkBusy):
+// resuming it earlier would let the process's first files go unrecorded.
+// Past that (or past the bound, when it is longer), it is resumed all the
+// same.
+const busyHold = 10 * time.Second
+
 func cmdGuard(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(guardCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -49,7 +56,7 @@ func cmdGuard(args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	log = log.With("component", "hold-guard")
-	holds, err := bpf.OpenHolds(3, 4)
+	holds, err := bpf.OpenHolds(3, 4, 5)
 	if err != nil {
 		log.Error("open the hold record", "err", err)
 		return exitFailure
@@ -134,11 +141,15 @@ func (g guard) sweep(all bool) int {
 		g.log.Error("list held processes", "err", err)
 		return 0
 	}
-	now := bootNow()
+	busy, err := g.holds.BusyUntil()
+	if err != nil {
+		g.log.Error("read the agent's busy mark", "err", err)
+	}
+	now := bpf.BootNow()
 	var expired uint64
 	left := 0
 	for _, h := range list {
-		if !all && now-h.At < g.bound-g.bound/4 {
+		if !all && !due(now-h.At, now < busy, g.bound) {
 			left++
 			continue
 		}
@@ -153,7 +164,7 @@ func (g guard) sweep(all bool) int {
 		}
 		expired++
 		g.log.Warn("resumed a process held at exec: the agent did not decide on it within the hold bound",
-			"pid", h.PID, "held", (now - h.At).Round(time.Millisecond).String(), "agent_gone", all)
+			"pid", h.PID, "held", (now - h.At).Round(time.Millisecond).String(), "agent_gone", all, "agent_attaching", now < busy)
 	}
 	if expired > 0 {
 		if err := g.holds.AddExpired(expired); err != nil {
@@ -163,10 +174,14 @@ func (g guard) sweep(all bool) int {
 	return left
 }
 
-func bootNow() time.Duration {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	return time.Duration(ts.Nano())
+// due reports whether a hold that has lasted held is resumed now: at three
+// quarters of the bound (the guard looks every quarter, so none waits past
+// it), or, while the agent is busy attaching for it, at busyHold.
+func due(held time.Duration, agentBusy bool, bound time.Duration) bool {
+	if agentBusy && held < busyHold {
+		return false
+	}
+	return held >= bound-bound/4
 }
 
 // startGuard runs the hold guard beside the agent, and again if it ends

@@ -44,7 +44,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.ringBuffer, "ring-buffer-size", bpf.DefaultRingBufferSize, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
 	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
-	fs.DurationVar(&f.holdBound, "hold-bound", DefaultHoldBound, "resume a process the kernel stopped at exec after this long, whatever the agent is doing (even when it is down)")
+	fs.DurationVar(&f.holdBound, "hold-bound", DefaultHoldBound, "resume a process the kernel stopped at exec after this long, even when the agent is down (up to 10s while the agent is attaching the file tracepoints for it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}

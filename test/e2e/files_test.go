@@ -763,7 +763,25 @@ rules:
 // killed; with nothing tracked for --file-tracing-idle they are detached
 // again (also after start, where the calibration attached them). Two
 // rounds: attach, detach, attach, detach.
+//
+// With a hold bound far shorter than the attach (20ms, while an attach
+// right after a detach waits for the kernel's tracepoint lock for tens to
+// hundreds of milliseconds), the guard keeps the hold as long as the agent
+// says it is attaching: the lock is recorded all the same and no hold
+// expires.
 func TestFileTracingOnDemand(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"default bound", nil},
+		{"bound shorter than the attach", []string{"--hold-bound", "20ms"}},
+	} {
+		t.Run(c.name, func(t *testing.T) { fileTracingOnDemand(t, c.args...) })
+	}
+}
+
+func fileTracingOnDemand(t *testing.T, extra ...string) {
 	cg := newTestCgroup(t)
 	dir := t.TempDir()
 	locks := filepath.Join(dir, "locks")
@@ -778,7 +796,7 @@ rules:
     timeout: 2s
     kill: {signal: SIGKILL, grace: 1s}
     cleanup: {paths: ["`+locks+`/*"]}
-`, "--file-tracing-idle", "1s")
+`, append([]string{"--file-tracing-idle", "1s"}, extra...)...)
 	// Attached by the start-up calibration, detached once idle.
 	eventually(t, 10*time.Second, "file tracing detached after 1s idle at start", func() bool {
 		return a.metric("overtime_file_tracing") == 0
@@ -807,5 +825,8 @@ rules:
 	}
 	if got := a.skips(); len(got) != 0 {
 		t.Fatalf("skips: %q", got)
+	}
+	if v := a.metric("overtime_holds_expired_total"); v != 0 {
+		t.Fatalf("overtime_holds_expired_total = %v: a hold was resumed before the agent decided", v)
 	}
 }
