@@ -62,15 +62,21 @@ func TestUnkillableFUSEForceUnmount(t *testing.T) {
 	if !helper.alive() {
 		t.Fatal("the FUSE daemon died: the engine was not released by the unmount")
 	}
+	// The engine dies as soon as the unmount aborts its request, maybe
+	// before the agent's loop has recorded the unmount's result.
 	var unk, got []string
-	for _, ac := range a.actions() {
-		switch {
-		case ac.Action == "unkillable" && ac.PID == pid:
-			unk = append(unk, ac.Reason)
-		case ac.Action == "unmount":
-			got = append(got, ac.Result+": "+ac.Reason)
+	eventuallyState(t, 10*time.Second, "the unmount recorded", func() (bool, string) {
+		unk, got = nil, nil
+		for _, ac := range a.actions() {
+			switch {
+			case ac.Action == "unkillable" && ac.PID == pid:
+				unk = append(unk, ac.Reason)
+			case ac.Action == "unmount":
+				got = append(got, ac.Result+": "+ac.Reason)
+			}
 		}
-	}
+		return len(got) > 0, fmt.Sprintf("unkillable %q, unmount %q", unk, got)
+	})
 	if len(unk) != 2 || !strings.Contains(unk[1], "state D") || !strings.Contains(unk[1], "fuse.ovt mount "+mnt) {
 		t.Fatalf("unkillable actions = %q", unk)
 	}
