@@ -11,7 +11,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # qemu-system-x86 and busybox-static boot the kernel matrix (test/vm);
 # containerd and runc run the container test (test/container), whose
 # workload's shell is busybox-static too.
-APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static containerd runc
+APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static containerd runc fuse-overlayfs
 HELM_VERSION := v3.22.0
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
