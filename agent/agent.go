@@ -88,12 +88,22 @@ type Agent struct {
 	passBusy, passArmed, passEver bool
 	lastPass                      time.Duration
 
-	// Work done off the loop comes back on these (see stall.go).
-	passes    chan samplePass
-	diagnoses chan diagnosis
-	unmounts  chan unmounted
-	workers   sync.WaitGroup
-	done      chan struct{} // closed when Run returns
+	// Work done off the loop comes back on back (see work.go).
+	back    chan result
+	workers sync.WaitGroup
+	done    chan struct{} // closed when Run returns
+
+	// Cleanups run one after another off the loop; cleaning counts those
+	// not done yet.
+	cleanups serial
+	cleaning sync.WaitGroup
+
+	// A resync's scan is in flight: the loop reads no events until it is
+	// applied (resyncAgain: events were lost again meanwhile).
+	resyncing, resyncAgain bool
+
+	// Members due for a zombie check in this tick.
+	zombieDue []zombieCheck
 
 	// Tree cgroups are removed off the loop (see release).
 	releaseOnce sync.Once
@@ -142,9 +152,7 @@ func New(o Options) *Agent {
 		filesIdle: o.FilesIdle,
 		pings:     make(chan chan struct{}),
 		reloads:   make(chan *Config, 1),
-		passes:    make(chan samplePass, 1),
-		diagnoses: make(chan diagnosis, 256),
-		unmounts:  make(chan unmounted, 64),
+		back:      make(chan result, backlog),
 		done:      make(chan struct{}),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
@@ -367,9 +375,11 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 	if rule == nil {
 		// Its rule is gone from the config: give the processes back.
 		a.log.Warn("releasing tree cgroup of an unknown rule", "cgroup", name, "rule", ruleName)
-		if err := a.enf.Release(name); err != nil {
-			a.log.Error("release tree cgroup", "cgroup", name, "err", err)
-		}
+		a.work(func() {
+			if err := a.enf.Release(name); err != nil {
+				a.log.Error("release tree cgroup", "cgroup", name, "err", err)
+			}
+		})
 		return
 	}
 	t := a.makeTree(name, rule, rootPID, start)
@@ -380,9 +390,11 @@ func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process)
 	}
 	if t.live == 0 {
 		a.dropTree(t)
-		if err := a.enf.Release(name); err != nil {
-			a.log.Error("remove empty tree cgroup", "cgroup", name, "err", err)
-		}
+		a.work(func() {
+			if err := a.enf.Release(name); err != nil {
+				a.log.Error("remove empty tree cgroup", "cgroup", name, "err", err)
+			}
+		})
 		return
 	}
 	t.counted = true
@@ -749,9 +761,10 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 	}
 	a.log.Info("tree ended", a.rootAttrs(t, "outcome", outcome, "tree_cgroup", t.name)...)
 	if cleanupApplies(t.rule.Cleanup.When, outcome) {
-		a.cleanup(t)
+		a.cleanup(t) // then the release
+	} else {
+		a.release(t)
 	}
-	a.release(t)
 	if len(t.members) == 0 {
 		a.dropTree(t)
 	}
@@ -774,6 +787,7 @@ func (a *Agent) tick(now time.Duration) {
 	for {
 		tm, ok := a.timers.popDue(now)
 		if !ok {
+			a.checkZombies()
 			return
 		}
 		t := tm.tree
@@ -805,17 +819,7 @@ func (a *Agent) tick(now time.Duration) {
 			}
 		case timerZombie:
 			if p, ok := a.procs[tm.pid]; ok && p.tree == t && p.exited && !p.zombie {
-				if a.src.Reaped(p.PID, p.Born) {
-					// Reaped, and its reap record never came.
-					a.log.Debug("reaped without a reap record", a.procAttrs(p)...)
-					if err := a.src.Untrack(p.PID); err != nil {
-						a.log.Debug("untrack", "pid", p.PID, "err", err)
-					}
-					a.reaped(p)
-					continue
-				}
-				p.zombie = true
-				a.log.Warn("zombie: exited and not reaped by its parent", a.procAttrs(p, "parent", p.PPID)...)
+				a.zombieDue = append(a.zombieDue, zombieCheck{p: p, pid: p.PID, born: p.Born})
 			}
 		}
 	}
@@ -930,29 +934,6 @@ func (a *Agent) confirm(t *tree, now time.Duration) {
 		a.unkillable(t, now)
 	}
 	a.timers.add(timer{at: now + confirmDelay(t.confirmTry), kind: timerConfirm, tree: t})
-}
-
-// resync rescans procfs after the kernel dropped events.
-func (a *Agent) resync() {
-	a.m.resyncs.Inc()
-	scanAt := a.clock.Now()
-	procs, err := a.src.Scan()
-	if err != nil {
-		a.log.Error("resync scan", "err", err)
-		return
-	}
-	adopted, err := a.enf.Adopt()
-	if err != nil {
-		a.log.Error("resync adopt", "err", err)
-		adopted = nil
-	}
-	pending, err := a.src.Pending()
-	if err != nil {
-		a.log.Error("resync: list undecided candidates", "err", err)
-	}
-	a.reconcile(procs, adopted, scanAt)
-	a.settlePending(pending, procs)
-	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
 }
 
 // settlePending decides the exec candidates whose records were lost. Any
