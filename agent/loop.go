@@ -183,3 +183,22 @@ func (a *Agent) trackedCount() int {
 	defer a.mu.RUnlock()
 	return len(a.procs)
 }
+
+// setFilter tells the kernel which execs the rules of cfg may match, and
+// which it holds at exec.
+func (a *Agent) setFilter(cfg *Config) error {
+	f := cfg.Filter()
+	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.filterAll = f.All
+	if f.All {
+		// Candidates of such a rule are not held: file tracing stays on.
+		a.enableFiles()
+	} else {
+		a.filesUnused(a.clock.Now())
+	}
+	return nil
+}

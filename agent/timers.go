@@ -68,3 +68,46 @@ func (h *timers) popDue(now time.Duration) (timer, bool) {
 	}
 	return heap.Pop(h).(timer), true
 }
+
+// tick runs every timer due at now.
+func (a *Agent) tick(now time.Duration) {
+	for {
+		tm, ok := a.timers.popDue(now)
+		if !ok {
+			a.checkZombies()
+			return
+		}
+		t := tm.tree
+		switch tm.kind {
+		case timerDeadline:
+			if !t.ended && a.trees[t.name] == t {
+				a.deadline(t, now)
+			}
+		case timerKill:
+			// (In monitor mode a stalled tree may have resumed since.)
+			if !t.ended && a.trees[t.name] == t && (!t.endStalled || t.stalled || t.overdue) {
+				a.kill(t, now)
+			}
+		case timerConfirm:
+			if !t.ended && a.trees[t.name] == t {
+				a.confirm(t, now)
+			}
+		case timerFiles:
+			a.filesTimer(now)
+		case timerSample:
+			a.sampleDue(t, now)
+		case timerPass:
+			a.passArmed = false
+			a.startPass(now)
+		case timerGone:
+			if p, ok := a.procs[tm.pid]; ok && p.tree == t && !p.exited {
+				a.memberExited(p, now, 0)
+				a.reaped(p)
+			}
+		case timerZombie:
+			if p, ok := a.procs[tm.pid]; ok && p.tree == t && p.exited && !p.zombie {
+				a.zombieDue = append(a.zombieDue, zombieCheck{p: p, pid: p.PID, born: p.Born})
+			}
+		}
+	}
+}
