@@ -8,6 +8,45 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// step is one action on a tree and what is said of it at each outcome:
+// in monitor mode it is only reported (would); otherwise do acts on the
+// node and it is reported failed or done. Every action is recorded in the
+// action log and logged; signal names the overtime_kills_total series it
+// counts in ("": none).
+type step struct {
+	action, signal  string
+	attrs           []any // log attributes
+	would, wouldLog string
+	failed, failLog string // the record's reason is failed + the error
+	done, doneLog   string
+	do              func() ([]any, error) // extra log attributes when done
+}
+
+// act runs s on t: monitor, act, error or ok.
+func (a *Agent) act(t *tree, s step) {
+	count := func(result string) {
+		if s.signal != "" {
+			a.m.kills.WithLabelValues(t.rule.Name, s.signal, result).Inc()
+		}
+	}
+	if a.monitor() {
+		count("skipped_monitor")
+		a.record(t, t.rootPID, s.action, "skipped_monitor", s.would)
+		a.log.Warn(s.wouldLog, s.attrs...)
+		return
+	}
+	extra, err := s.do()
+	if err != nil {
+		count("error")
+		a.record(t, t.rootPID, s.action, "error", s.failed+err.Error())
+		a.log.Error(s.failLog, append(s.attrs, "err", err)...)
+		return
+	}
+	count("ok")
+	a.record(t, t.rootPID, s.action, "ok", s.done)
+	a.log.Warn(s.doneLog, append(s.attrs, extra...)...)
+}
+
 // capTree ends a tree at exec because its rule already has max_running
 // trees alive on the node.
 func (a *Agent) capTree(t *tree, m *proc) {
@@ -15,20 +54,15 @@ func (a *Agent) capTree(t *tree, m *proc) {
 	t.capped = true
 	a.m.capped.WithLabelValues(r.Name).Inc()
 	why := fmt.Sprintf("max_running %d reached", r.MaxRunning)
-	if a.monitor() {
-		a.record(t, t.rootPID, "cap", "skipped_monitor", why+": would end it at exec")
-		a.log.Warn("capped: would end it at exec (monitor mode)", a.procAttrs(m, "max_running", r.MaxRunning)...)
-		return
-	}
-	err := a.enf.Kill(t.name)
-	t.killed = true
-	if err != nil {
-		a.record(t, t.rootPID, "cap", "error", why+": "+err.Error())
-		a.log.Error("capped: kill at exec failed", a.procAttrs(m, "max_running", r.MaxRunning, "err", err)...)
-		return
-	}
-	a.record(t, t.rootPID, "cap", "ok", why+": ended at exec")
-	a.log.Warn("capped: ended at exec", a.procAttrs(m, "max_running", r.MaxRunning)...)
+	a.act(t, step{action: "cap", attrs: a.procAttrs(m, "max_running", r.MaxRunning),
+		would: why + ": would end it at exec", wouldLog: "capped: would end it at exec (monitor mode)",
+		failed: why + ": ", failLog: "capped: kill at exec failed",
+		done: why + ": ended at exec", doneLog: "capped: ended at exec",
+		do: func() ([]any, error) {
+			err := a.enf.Kill(t.name)
+			t.killed = true
+			return nil, err
+		}})
 }
 
 // deadline: the tree is overdue; send the rule's signal to all of it,
@@ -67,55 +101,39 @@ func endLabel(t *tree) string {
 	return "overdue"
 }
 
+// signal sends the rule's signal to every member of t.
 func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
-	r := t.rule
-	if a.monitor() {
-		a.m.kills.WithLabelValues(r.Name, name, "skipped_monitor").Inc()
-		a.record(t, t.rootPID, "signal", "skipped_monitor", why+": would send "+name)
-		a.log.Warn(endLabel(t)+": would send "+name+" (monitor mode)", a.rootAttrs(t)...)
-		return
-	}
-	n, err := a.enf.Signal(t.name, sig)
-	t.signalled = true
-	if err != nil {
-		a.m.kills.WithLabelValues(r.Name, name, "error").Inc()
-		a.record(t, t.rootPID, "signal", "error", err.Error())
-		a.log.Error(endLabel(t)+": "+name+" failed", a.rootAttrs(t, "err", err)...)
-		return
-	}
-	a.m.kills.WithLabelValues(r.Name, name, "ok").Inc()
-	a.record(t, t.rootPID, "signal", "ok", why+": sent "+name)
-	a.log.Warn(endLabel(t)+": sent "+name+" to the tree", a.rootAttrs(t, "processes", n)...)
+	a.act(t, step{action: "signal", signal: name, attrs: a.rootAttrs(t),
+		would: why + ": would send " + name, wouldLog: endLabel(t) + ": would send " + name + " (monitor mode)",
+		failLog: endLabel(t) + ": " + name + " failed",
+		done:    why + ": sent " + name, doneLog: endLabel(t) + ": sent " + name + " to the tree",
+		do: func() ([]any, error) {
+			n, err := a.enf.Signal(t.name, sig)
+			t.signalled = true
+			return []any{"processes", n}, err
+		}})
 }
 
-// kill: deadline + grace, the tree is still alive: SIGKILL through its cgroup.
+// kill: deadline + grace, the tree is still alive: SIGKILL through its
+// cgroup, then a check that it is gone.
 func (a *Agent) kill(t *tree, now time.Duration) {
-	r := t.rule
 	prefix := ""
 	if t.endStalled {
 		prefix = stallReason + ": "
 	}
-	if a.monitor() {
-		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "skipped_monitor").Inc()
-		a.record(t, t.rootPID, "kill", "skipped_monitor", prefix+"grace over: would kill the tree")
-		a.log.Warn(endLabel(t)+" past grace: would kill the tree (monitor mode)", a.rootAttrs(t)...)
-		return
-	}
-	err := a.enf.Kill(t.name)
-	if !t.killed {
-		t.killedAt = now
-	}
-	t.killed = true
-	if err != nil {
-		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "error").Inc()
-		a.record(t, t.rootPID, "kill", "error", err.Error())
-		a.log.Error("kill failed", a.rootAttrs(t, "err", err)...)
-	} else {
-		a.m.kills.WithLabelValues(r.Name, "SIGKILL", "ok").Inc()
-		a.record(t, t.rootPID, "kill", "ok", prefix+"grace over: SIGKILL to the tree")
-		a.log.Warn("killed the tree", a.rootAttrs(t)...)
-	}
-	a.timers.add(timer{at: now + confirmDelay(0), kind: timerConfirm, tree: t})
+	a.act(t, step{action: "kill", signal: "SIGKILL", attrs: a.rootAttrs(t),
+		would: prefix + "grace over: would kill the tree", wouldLog: endLabel(t) + " past grace: would kill the tree (monitor mode)",
+		failLog: "kill failed",
+		done:    prefix + "grace over: SIGKILL to the tree", doneLog: "killed the tree",
+		do: func() ([]any, error) {
+			err := a.enf.Kill(t.name)
+			if !t.killed {
+				t.killedAt = now
+			}
+			t.killed = true
+			a.timers.add(timer{at: now + confirmDelay(0), kind: timerConfirm, tree: t})
+			return nil, err
+		}})
 }
 
 // confirmDelay is how long to wait before checking that a killed tree is

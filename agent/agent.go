@@ -66,13 +66,7 @@ type Agent struct {
 	timers  timers
 	actions *actionLog
 
-	// The file tracepoints (see Source.EnableFiles): on while a tree is
-	// tracked or a rule cannot be prefiltered (filterAll: the kernel
-	// cannot hold its candidates), off after filesIdle with nothing
-	// tracked. filesArmed: a timerFiles is queued; filesPinned: detaching
-	// failed, they stay on.
-	filesOn, filesArmed, filesPinned, filterAll bool
-	filesIdle                                   time.Duration
+	files fileTracing
 
 	// Progress sampling (see stall.go): trees due for the next pass, a
 	// pass in flight, a timerPass queued, when the last pass started.
@@ -128,24 +122,23 @@ func New(o Options) *Agent {
 		o.FilesIdle = DefaultFilesIdle
 	}
 	a := &Agent{
-		src:       o.Source,
-		enf:       o.Enforcer,
-		prog:      o.Progress,
-		unm:       o.Unmounter,
-		clock:     o.Clock,
-		log:       o.Logger,
-		self:      o.Self,
-		cfg:       o.Config,
-		procs:     map[int]*proc{},
-		trees:     map[string]*tree{},
-		running:   map[string]int{},
-		actions:   newActionLog(512),
-		filesOn:   o.Source.FilesEnabled(),
-		filesIdle: o.FilesIdle,
-		pings:     make(chan chan struct{}),
-		reloads:   make(chan *Config, 1),
-		back:      make(chan result, backlog),
-		done:      make(chan struct{}),
+		src:     o.Source,
+		enf:     o.Enforcer,
+		prog:    o.Progress,
+		unm:     o.Unmounter,
+		clock:   o.Clock,
+		log:     o.Logger,
+		self:    o.Self,
+		cfg:     o.Config,
+		procs:   map[int]*proc{},
+		trees:   map[string]*tree{},
+		running: map[string]int{},
+		actions: newActionLog(512),
+		files:   fileTracing{on: o.Source.FilesEnabled(), idle: o.FilesIdle},
+		pings:   make(chan chan struct{}),
+		reloads: make(chan *Config, 1),
+		back:    make(chan result, backlog),
+		done:    make(chan struct{}),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
 	o.Registry.MustRegister(&tableCollector{a: a}, scanCollector{src: o.Source})

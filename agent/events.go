@@ -77,9 +77,7 @@ func (a *Agent) onExec(ev collector.Event) {
 	if born, seen := a.scanned[p.PID]; stale && seen && collector.SameBorn(born, p.Born) {
 		// The last scan saw this process after this exec and matched what
 		// it ran then: no rule, or it would be in the table.
-		if err := a.src.Untrack(p.PID); err != nil {
-			a.log.Debug("untrack", "pid", p.PID, "err", err)
-		}
+		a.untrack(p.PID)
 		return
 	}
 	if m, ok := a.procs[p.PID]; ok {
@@ -100,9 +98,7 @@ func (a *Agent) onExec(ev collector.Event) {
 	}
 	r := firstMatch(a.cfg.Rules, &p)
 	if r == nil {
-		if err := a.src.Untrack(p.PID); err != nil {
-			a.log.Debug("untrack", "pid", p.PID, "err", err)
-		}
+		a.untrack(p.PID)
 		return
 	}
 	a.newTree(r, p, true)
@@ -111,9 +107,7 @@ func (a *Agent) onExec(ev collector.Event) {
 func (a *Agent) onFork(ev collector.Event) {
 	parent, ok := a.procs[ev.PPID]
 	if !ok || parent.exited {
-		if err := a.src.Untrack(ev.PID); err != nil {
-			a.log.Debug("untrack", "pid", ev.PID, "err", err)
-		}
+		a.untrack(ev.PID)
 		return
 	}
 	if old, ok := a.procs[ev.PID]; ok {

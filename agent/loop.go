@@ -162,9 +162,7 @@ func (a *Agent) shutdown() {
 	for _, t := range trees {
 		a.release(t)
 		for pid := range t.members {
-			if err := a.src.Untrack(pid); err != nil {
-				a.log.Debug("untrack", "pid", pid, "err", err)
-			}
+			a.untrack(pid)
 		}
 	}
 	a.releasing.Wait()
@@ -193,12 +191,6 @@ func (a *Agent) setFilter(cfg *Config) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.filterAll = f.All
-	if f.All {
-		// Candidates of such a rule are not held: file tracing stays on.
-		a.enableFiles()
-	} else {
-		a.filesUnused(a.clock.Now())
-	}
+	a.filesFilter(f.All)
 	return nil
 }

@@ -26,10 +26,7 @@ func (a *Agent) start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.reconcile(procs, adopted, scanAt)
-	if a.filesOn {
-		a.m.fileTracing.Set(1)
-	}
-	a.filesUnused(a.clock.Now())
+	a.filesStart()
 	return nil
 }
 
@@ -189,9 +186,7 @@ func (a *Agent) settlePending(pending []int, scan []collector.Process) {
 			a.resumeHeld(pid, s.Born)
 		}
 		if _, tracked := a.procs[pid]; !tracked {
-			if err := a.src.Untrack(pid); err != nil {
-				a.log.Debug("untrack", "pid", pid, "err", err)
-			}
+			a.untrack(pid)
 		}
 	}
 }
@@ -208,4 +203,64 @@ func (a *Agent) resumeHeld(pid int, born time.Duration) {
 	if err := a.src.HoldDone(pid); err != nil {
 		a.log.Debug("hold record", "pid", pid, "err", err)
 	}
+}
+
+// resynced is a resync's reading of the node: a procfs scan begun at
+// scanAt, the tree cgroups left on the node and the undecided candidates.
+type resynced struct {
+	scanAt                        time.Duration
+	procs                         []collector.Process
+	adopted                       map[string][]int
+	pending                       []int
+	scanErr, adoptErr, pendingErr error
+}
+
+// resync rescans the node after the kernel dropped events. The scan runs
+// on a worker; the loop reads no more events until it is applied, so the
+// records read after the loss are applied after the scan, as they came.
+func (a *Agent) resync() {
+	a.m.resyncs.Inc()
+	if a.resyncing {
+		a.resyncAgain = true
+		return
+	}
+	a.scanNode()
+}
+
+// scanNode starts the resync's reading of the node on a worker.
+func (a *Agent) scanNode() {
+	a.resyncing = true
+	scanAt := a.clock.Now()
+	a.work(func() {
+		r := resynced{scanAt: scanAt}
+		if r.procs, r.scanErr = a.src.Scan(); r.scanErr == nil {
+			r.adopted, r.adoptErr = a.enf.Adopt()
+			r.pending, r.pendingErr = a.src.Pending()
+		}
+		a.report(r)
+	})
+}
+
+func (r resynced) apply(a *Agent) {
+	a.resyncing = false
+	defer func() {
+		if a.resyncAgain {
+			a.resyncAgain = false
+			a.scanNode()
+		}
+	}()
+	if r.scanErr != nil {
+		a.log.Error("resync scan", "err", r.scanErr)
+		return
+	}
+	if r.adoptErr != nil {
+		a.log.Error("resync adopt", "err", r.adoptErr)
+		r.adopted = nil
+	}
+	if r.pendingErr != nil {
+		a.log.Error("resync: list undecided candidates", "err", r.pendingErr)
+	}
+	a.reconcile(r.procs, r.adopted, r.scanAt)
+	a.settlePending(r.pending, r.procs)
+	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
 }

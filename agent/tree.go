@@ -68,9 +68,7 @@ func (a *Agent) roomFor(pid int) bool {
 	}
 	a.m.limitHits.WithLabelValues("max_tracked_processes").Inc()
 	a.log.Warn("not tracking: max_tracked_processes reached", "pid", pid, "limit", a.cfg.Limits.MaxTracked)
-	if err := a.src.Untrack(pid); err != nil {
-		a.log.Debug("untrack", "pid", pid, "err", err)
-	}
+	a.untrack(pid)
 	return false
 }
 

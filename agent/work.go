@@ -3,8 +3,6 @@ package agent
 import (
 	"sync"
 	"time"
-
-	"overtime/collector"
 )
 
 // Work off the loop. Whatever touches the node and can wait on it (a
@@ -56,66 +54,6 @@ func (s *serial) run(f func()) {
 		}()
 	})
 	s.jobs <- f
-}
-
-// resynced is a resync's reading of the node: a procfs scan begun at
-// scanAt, the tree cgroups left on the node and the undecided candidates.
-type resynced struct {
-	scanAt                        time.Duration
-	procs                         []collector.Process
-	adopted                       map[string][]int
-	pending                       []int
-	scanErr, adoptErr, pendingErr error
-}
-
-// resync rescans the node after the kernel dropped events. The scan runs
-// on a worker; the loop reads no more events until it is applied, so the
-// records read after the loss are applied after the scan, as they came.
-func (a *Agent) resync() {
-	a.m.resyncs.Inc()
-	if a.resyncing {
-		a.resyncAgain = true
-		return
-	}
-	a.scanNode()
-}
-
-// scanNode starts the resync's reading of the node on a worker.
-func (a *Agent) scanNode() {
-	a.resyncing = true
-	scanAt := a.clock.Now()
-	a.work(func() {
-		r := resynced{scanAt: scanAt}
-		if r.procs, r.scanErr = a.src.Scan(); r.scanErr == nil {
-			r.adopted, r.adoptErr = a.enf.Adopt()
-			r.pending, r.pendingErr = a.src.Pending()
-		}
-		a.report(r)
-	})
-}
-
-func (r resynced) apply(a *Agent) {
-	a.resyncing = false
-	defer func() {
-		if a.resyncAgain {
-			a.resyncAgain = false
-			a.scanNode()
-		}
-	}()
-	if r.scanErr != nil {
-		a.log.Error("resync scan", "err", r.scanErr)
-		return
-	}
-	if r.adoptErr != nil {
-		a.log.Error("resync adopt", "err", r.adoptErr)
-		r.adopted = nil
-	}
-	if r.pendingErr != nil {
-		a.log.Error("resync: list undecided candidates", "err", r.pendingErr)
-	}
-	a.reconcile(r.procs, r.adopted, r.scanAt)
-	a.settlePending(r.pending, r.procs)
-	a.log.Warn("resynced after lost events", "tracked", len(a.procs))
 }
 
 // zombieCheck asks whether an exited member whose parent has not reaped
