@@ -71,23 +71,10 @@ func killWithCleanup(b *bench) error {
 	cleanTimeout := 40 * time.Second
 
 	// Without the cleanups.
-	l, err := b.subCgroup("cleanbase")
+	base, err := killBatch(b, "cleanbase", "kill_1k_nocleanup", cleanupConfig(timeout, cleanTimeout, mnt), n, spreadOver, timeout)
 	if err != nil {
 		return err
 	}
-	a, err := b.runAgent("cleanbase", cleanupConfig(timeout, cleanTimeout, mnt))
-	if err != nil {
-		return err
-	}
-	run, err := startKillRun(a, l, n, 2*n, spreadOver, timeout, b.engine(engKill))
-	if err != nil {
-		return err
-	}
-	base, err := finishKill(b, a, run, "kill_1k_nocleanup", timeout, timeout+spreadOver+15*time.Second)
-	if err != nil {
-		return err
-	}
-	a.stop()
 
 	// With them: a FUSE server in a mount namespace of its own (never
 	// the node's), the cleanup trees entering it through nsenter.
@@ -104,7 +91,7 @@ func killWithCleanup(b *bench) error {
 	if err := waitFor(10*time.Second, func() bool { return mountedFUSE(fuse.Process.Pid, mnt) }); err != nil {
 		return fmt.Errorf("fuse-overlayfs mount in its namespace: %w", err)
 	}
-	a, err = b.runAgent("cleanup", cleanupConfig(timeout, cleanTimeout, mnt))
+	a, err := b.runAgent("cleanup", cleanupConfig(timeout, cleanTimeout, mnt))
 	if err != nil {
 		return err
 	}
@@ -143,11 +130,11 @@ func killWithCleanup(b *bench) error {
 	if err != nil {
 		return err
 	}
-	run, err = startKillRun(a, kl, n, 2*n, spreadOver, timeout, b.engine(engKill))
+	kr, err := startKillRun(a, kl, n, 2*n, spreadOver, timeout, b.engine(engKill))
 	if err != nil {
 		return err
 	}
-	with, err := finishKill(b, a, run, "kill_1k_cleanup", timeout, timeout+spreadOver+60*time.Second)
+	with, err := finishKill(b, a, kr, "kill_1k_cleanup", timeout, timeout+spreadOver+60*time.Second)
 	if err != nil {
 		return err
 	}
