@@ -66,7 +66,7 @@ type Agent struct {
 	timers  timers
 	actions *actionLog
 
-	files fileTracing
+	files fileTracing // the file tracepoints (see filetrace.go)
 
 	// Progress sampling (see stall.go): trees due for the next pass, a
 	// pass in flight, a timerPass queued, when the last pass started.
@@ -92,9 +92,8 @@ type Agent struct {
 	zombieDue []zombieCheck
 
 	// Tree cgroups are removed off the loop (see release).
-	releaseOnce sync.Once
-	releases    chan *tree
-	releasing   sync.WaitGroup
+	releases  serial
+	releasing sync.WaitGroup
 
 	// The last procfs scan (start-up or resync): records read after it
 	// may be older than it (see stale). scanned holds the start time of

@@ -445,8 +445,8 @@ func (h *harness) settle() {
 	}
 }
 
-// send applies one event, then waits for the tree cgroup removals it
-// started (they run off the loop).
+// send applies one event, then waits for the work it started off the loop
+// (cleanups, resync scans, tree cgroup removals) and applies its results.
 func (h *harness) send(ev collector.Event) {
 	h.a.mu.Lock()
 	h.a.handle(ev)

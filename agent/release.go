@@ -12,16 +12,8 @@ import (
 // the cgroup may still be busy: then it is tried again, 1 ms later,
 // doubling, about 4 s in all.
 func (a *Agent) release(t *tree) {
-	a.releaseOnce.Do(func() {
-		a.releases = make(chan *tree, 4096)
-		go func() {
-			for t := range a.releases {
-				a.releaseTry(t, 0)
-			}
-		}()
-	})
 	a.releasing.Add(1)
-	a.releases <- t
+	a.releases.run(func() { a.releaseTry(t, 0) })
 }
 
 // releaseTry makes one attempt and, when the cgroup is busy, schedules the

@@ -37,8 +37,8 @@ func (a *Agent) report(r result) {
 }
 
 // serial runs jobs one after another on one goroutine, started at the
-// first: removals and cleanups, which would only compete for the same
-// disk and kernel locks if run side by side.
+// first: tree cgroup removals, cleanups; run side by side, they would
+// only compete for the same kernel locks and disks.
 type serial struct {
 	once sync.Once
 	jobs chan func()
