@@ -11,7 +11,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # qemu-system-x86 and busybox-static boot the kernel matrix (test/vm);
 # containerd and runc run the container test (test/container), whose
 # workload's shell is busybox-static too.
-APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static containerd runc
+APT_PKGS := clang llvm libbpf-dev restic borgbackup prometheus util-linux procps psmisc curl qemu-system-x86 busybox-static containerd runc fuse-overlayfs
 HELM_VERSION := v3.22.0
 export PATH := $(PATH):$(shell $(GO) env GOPATH)/bin
 
@@ -81,7 +81,7 @@ fuzz: ## a short fuzz run of the config parser and the event decoder
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),30s) ./bpf/
 
 .PHONY: bench
-bench: build ## benchmarks, as root: the node suite (bench/, about 4 minutes) against bin/overtime, then the hot-path micro benchmarks
+bench: build ## benchmarks, as root: the node suite (bench/, about 6 minutes) against bin/overtime, then the hot-path micro benchmarks
 	@[ "$$(id -u)" = 0 ] || { echo "make bench runs as root: the suite loads eBPF programs through the agent, makes cgroups and kills its own processes"; exit 1; }
 	@status=0; $(GO) run ./bench -agent $(BIN) $(BENCHFLAGS) || status=$$?; \
 	echo "-- micro benchmarks (go test -bench)"; \

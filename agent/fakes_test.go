@@ -414,6 +414,7 @@ func (h *harness) start() {
 	if err := h.a.start(); err != nil {
 		h.t.Fatalf("start: %v", err)
 	}
+	h.settle()
 }
 
 // at moves the clock to d and runs the timers due; the work they start
@@ -433,19 +434,9 @@ func (h *harness) settle() {
 	for {
 		h.a.workers.Wait()
 		select {
-		case p := <-h.a.passes:
+		case r := <-h.a.back:
 			h.a.mu.Lock()
-			h.a.applyPass(p)
-			h.a.mu.Unlock()
-			continue
-		case d := <-h.a.diagnoses:
-			h.a.mu.Lock()
-			h.a.applyDiagnosis(d)
-			h.a.mu.Unlock()
-			continue
-		case u := <-h.a.unmounts:
-			h.a.mu.Lock()
-			h.a.applyUnmount(u)
+			r.apply(h.a)
 			h.a.mu.Unlock()
 			continue
 		default:
@@ -454,12 +445,13 @@ func (h *harness) settle() {
 	}
 }
 
-// send applies one event, then waits for the tree cgroup removals it
-// started (they run off the loop).
+// send applies one event, then waits for the work it started off the loop
+// (cleanups, resync scans, tree cgroup removals) and applies its results.
 func (h *harness) send(ev collector.Event) {
 	h.a.mu.Lock()
 	h.a.handle(ev)
 	h.a.mu.Unlock()
+	h.settle()
 	h.a.releasing.Wait()
 }
 

@@ -63,15 +63,19 @@ func (a *Agent) addCreated(t *tree, c *created) {
 
 // cleanup removes what a dead tree created and its rule names, deepest
 // first (a directory's contents before the directory), newest first among
-// equals. In monitor mode it only checks and reports.
+// equals, then releases the tree's cgroup (the removal needs the tree's
+// filesystem view, which the release drops). In monitor mode it only
+// checks and reports. The removals run on the cleanup worker, one tree
+// after another, and come back to the loop in chunks.
 func (a *Agent) cleanup(t *tree) {
 	r := t.rule
 	if len(r.Cleanup.Paths) == 0 {
+		a.release(t)
 		return
 	}
-	list := make([]*created, 0, len(t.created))
+	list := make([]created, 0, len(t.created))
 	for _, c := range t.created {
-		list = append(list, c)
+		list = append(list, *c)
 	}
 	sort.Slice(list, func(i, j int) bool {
 		if di, dj := depth(list[i].path), depth(list[j].path); di != dj {
@@ -79,6 +83,7 @@ func (a *Agent) cleanup(t *tree) {
 		}
 		return list[i].seq > list[j].seq
 	})
+	named := list[:0]
 	for _, c := range list {
 		if !anyPath(r.Cleanup.Paths, c.path) {
 			// Most of what an engine creates is its data: counted, and
@@ -87,24 +92,71 @@ func (a *Agent) cleanup(t *tree) {
 			a.log.Debug("cleanup skipped", a.rootAttrs(t, "path", c.path, "reason", "outside_paths", "creator", c.pid)...)
 			continue
 		}
-		freed, reason, err := a.enf.Remove(t.name, c.path, c.dev, c.ino, a.monitor())
+		named = append(named, c)
+	}
+	dryRun := a.monitor()
+	a.workers.Add(1)
+	a.cleaning.Add(1)
+	a.cleanups.run(func() {
+		defer a.workers.Done()
+		done := removals{t: t, dryRun: dryRun}
+		for _, c := range named {
+			freed, skip, err := a.enf.Remove(t.name, c.path, c.dev, c.ino, dryRun)
+			done.list = append(done.list, removal{created: c, freed: freed, skip: skip, err: err})
+			if len(done.list) == removalChunk {
+				a.report(done)
+				done.list = nil
+			}
+		}
+		a.release(t)
+		a.cleaning.Done()
+		done.last = true
+		a.report(done)
+	})
+}
+
+// removalChunk is how many removals come back to the loop at a time.
+const removalChunk = 64
+
+// removal is the outcome of one Remove.
+type removal struct {
+	created
+	freed int64
+	skip  string
+	err   error
+}
+
+// removals are outcomes of a tree's cleanup, in order; last ends it.
+type removals struct {
+	t      *tree
+	dryRun bool
+	list   []removal
+	last   bool
+}
+
+func (rs removals) apply(a *Agent) {
+	t, r := rs.t, rs.t.rule
+	for _, c := range rs.list {
 		switch {
-		case err != nil:
+		case c.err != nil:
 			a.m.cleanupErrors.WithLabelValues(r.Name).Inc()
-			a.record(t, c.pid, "cleanup", "error", c.path+": "+err.Error())
-			a.log.Error("cleanup failed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "err", err)...)
-		case reason != "":
-			a.skip(t, c.pid, c.path, reason)
-		case a.monitor():
+			a.record(t, c.pid, "cleanup", "error", c.path+": "+c.err.Error())
+			a.log.Error("cleanup failed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "err", c.err)...)
+		case c.skip != "":
+			a.skip(t, c.pid, c.path, c.skip)
+		case rs.dryRun:
 			a.m.cleanupSkipped.WithLabelValues(r.Name, "monitor").Inc()
 			a.record(t, c.pid, "cleanup", "skipped_monitor", "would remove "+c.path)
 			a.log.Warn("would remove (monitor mode)", a.rootAttrs(t, "path", c.path, "creator", c.pid)...)
 		default:
 			a.m.removedFiles.WithLabelValues(r.Name).Inc()
-			a.m.removedBytes.WithLabelValues(r.Name).Add(float64(freed))
+			a.m.removedBytes.WithLabelValues(r.Name).Add(float64(c.freed))
 			a.record(t, c.pid, "cleanup", "ok", "removed "+c.path)
-			a.log.Info("removed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "bytes", freed)...)
+			a.log.Info("removed", a.rootAttrs(t, "path", c.path, "creator", c.pid, "bytes", c.freed)...)
 		}
+	}
+	if !rs.last {
+		return
 	}
 	// Files the tree used but did not create are never removed; say so
 	// for the ones the rule names, so a rule that expects them is visible.

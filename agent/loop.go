@@ -40,6 +40,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		now := a.clock.Now()
 		a.tick(now)
 		next, ok := a.nextWake()
+		in := events
+		if a.resyncing {
+			// Records after a loss wait for the resync's scan.
+			in = nil
+		}
 		a.mu.Unlock()
 		var due <-chan time.Time
 		if ok {
@@ -47,7 +52,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			due = wake.C
 		}
 		select {
-		case ev, open := <-events:
+		case ev, open := <-in:
 			if !open {
 				err := <-srcDone
 				a.ready.Store(false)
@@ -60,7 +65,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			a.handle(ev)
 			a.tickIfDue()
-			for i := 0; i < eventBatch; i++ {
+			for i := 0; i < eventBatch && !a.resyncing; i++ {
 				select {
 				case ev, open = <-events:
 					if open {
@@ -75,17 +80,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.mu.Unlock()
 		case <-due:
-		case pass := <-a.passes:
+		case r := <-a.back:
 			a.mu.Lock()
-			a.applyPass(pass)
-			a.mu.Unlock()
-		case d := <-a.diagnoses:
-			a.mu.Lock()
-			a.applyDiagnosis(d)
-			a.mu.Unlock()
-		case u := <-a.unmounts:
-			a.mu.Lock()
-			a.applyUnmount(u)
+			r.apply(a)
 			a.mu.Unlock()
 		case reply := <-a.pings:
 			close(reply)
@@ -139,6 +136,22 @@ func (a *Agent) apply(cfg *Config) {
 // shutdown gives every tree back: its live members return to the cgroup
 // they came from and the tree cgroups are removed.
 func (a *Agent) shutdown() {
+	// Cleanups in flight finish first (each releases its tree after it);
+	// what they report meanwhile is recorded, the rest is dropped.
+	cleaned := make(chan struct{})
+	go func() { a.cleaning.Wait(); close(cleaned) }()
+	for waiting := true; waiting; {
+		select {
+		case <-cleaned:
+			waiting = false
+		case r := <-a.back:
+			if rs, ok := r.(removals); ok {
+				a.mu.Lock()
+				rs.apply(a)
+				a.mu.Unlock()
+			}
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// Live trees go the way of ended ones (see release): their members
@@ -149,9 +162,7 @@ func (a *Agent) shutdown() {
 	for _, t := range trees {
 		a.release(t)
 		for pid := range t.members {
-			if err := a.src.Untrack(pid); err != nil {
-				a.log.Debug("untrack", "pid", pid, "err", err)
-			}
+			a.untrack(pid)
 		}
 	}
 	a.releasing.Wait()
@@ -169,4 +180,17 @@ func (a *Agent) trackedCount() int {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	return len(a.procs)
+}
+
+// setFilter tells the kernel which execs the rules of cfg may match, and
+// which it holds at exec.
+func (a *Agent) setFilter(cfg *Config) error {
+	f := cfg.Filter()
+	if err := a.src.SetFilter(f.Comms, f.All, f.Hold); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.filesFilter(f.All)
+	return nil
 }

@@ -111,22 +111,11 @@ func (a *Agent) startPass(now time.Duration) {
 	}
 	a.passBusy, a.passEver, a.lastPass = true, true, now
 	a.work(func() {
-		pass := samplePass{at: now, trees: trees, usage: a.prog.Sample(members)}
-		select {
-		case a.passes <- pass:
-		case <-a.done:
-		}
+		a.report(samplePass{at: now, trees: trees, usage: a.prog.Sample(members)})
 	})
 }
 
-// work runs f on a goroutine of its own, off the loop.
-func (a *Agent) work(f func()) {
-	a.workers.Add(1)
-	go func() {
-		defer a.workers.Done()
-		f()
-	}()
-}
+func (pass samplePass) apply(a *Agent) { a.applyPass(pass) }
 
 // applyPass takes a pass's result on the loop.
 func (a *Agent) applyPass(pass samplePass) {
@@ -219,13 +208,12 @@ func (a *Agent) unkillable(t *tree, now time.Duration) {
 		pid, born := p.PID, p.Born
 		a.work(func() {
 			b, err := a.prog.Diagnose(pid, born)
-			select {
-			case a.diagnoses <- diagnosis{pid: pid, born: born, blocked: b, err: err}:
-			case <-a.done:
-			}
+			a.report(diagnosis{pid: pid, born: born, blocked: b, err: err})
 		})
 	}
 }
+
+func (d diagnosis) apply(a *Agent) { a.applyDiagnosis(d) }
 
 // applyDiagnosis records what an unkillable member is blocked on.
 func (a *Agent) applyDiagnosis(d diagnosis) {
@@ -289,13 +277,12 @@ func (a *Agent) forceUnmount(p *proc, mountPoint string) {
 		pid, born := p.PID, p.Born
 		a.work(func() {
 			err := a.unm.ForceUnmount(pid, born, mountPoint)
-			select {
-			case a.unmounts <- unmounted{tree: t, pid: pid, mountPoint: mountPoint, err: err}:
-			case <-a.done:
-			}
+			a.report(unmounted{tree: t, pid: pid, mountPoint: mountPoint, err: err})
 		})
 	}
 }
+
+func (u unmounted) apply(a *Agent) { a.applyUnmount(u) }
 
 // applyUnmount records a forced unmount's result.
 func (a *Agent) applyUnmount(u unmounted) {

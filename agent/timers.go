@@ -68,3 +68,66 @@ func (h *timers) popDue(now time.Duration) (timer, bool) {
 	}
 	return heap.Pop(h).(timer), true
 }
+
+// tick runs every timer due at now, then starts the zombie checks they
+// asked for.
+func (a *Agent) tick(now time.Duration) {
+	for {
+		tm, ok := a.timers.popDue(now)
+		if !ok {
+			a.checkZombies()
+			return
+		}
+		a.fire(tm, now)
+	}
+}
+
+// fire runs one timer. The timers of a tree's end are skipped once it has
+// ended or left the table (lazy deletion); a member's timers once it is no
+// longer the process they were set for.
+func (a *Agent) fire(tm timer, now time.Duration) {
+	t := tm.tree
+	switch tm.kind {
+	case timerDeadline, timerKill, timerConfirm:
+		if t.ended || a.trees[t.name] != t {
+			return
+		}
+	case timerGone, timerZombie:
+		p, ok := a.procs[tm.pid]
+		if !ok || p.tree != t {
+			return
+		}
+		a.memberTimer(tm.kind, p, now)
+		return
+	}
+	switch tm.kind {
+	case timerDeadline:
+		a.deadline(t, now)
+	case timerKill:
+		// (In monitor mode a stalled tree may have resumed since.)
+		if !t.endStalled || t.stalled || t.overdue {
+			a.kill(t, now)
+		}
+	case timerConfirm:
+		a.confirm(t, now)
+	case timerFiles:
+		a.filesTimer(now)
+	case timerSample:
+		a.sampleDue(t, now)
+	case timerPass:
+		a.passArmed = false
+		a.startPass(now)
+	}
+}
+
+// memberTimer runs a timer set for member p.
+func (a *Agent) memberTimer(kind timerKind, p *proc, now time.Duration) {
+	switch {
+	case kind == timerGone && !p.exited:
+		// Gone at confinement, and its exit never came.
+		a.memberExited(p, now, 0)
+		a.reaped(p)
+	case kind == timerZombie && p.exited && !p.zombie:
+		a.zombieDue = append(a.zombieDue, zombieCheck{p: p, pid: p.PID, born: p.Born})
+	}
+}

@@ -121,23 +121,10 @@ func killLatency(b *bench) error {
 	if err := needPIDs(2 * n); err != nil {
 		return err
 	}
-	l, err := b.subCgroup("kill")
+	lat, err := killBatch(b, "kill", "kill_1k", killConfig(timeout), n, spreadOver, timeout)
 	if err != nil {
 		return err
 	}
-	a, err := b.runAgent("kill", killConfig(timeout))
-	if err != nil {
-		return err
-	}
-	run, err := startKillRun(a, l, n, 2*n, spreadOver, timeout, b.engine(engKill))
-	if err != nil {
-		return err
-	}
-	lat, err := finishKill(b, a, run, "kill_1k", timeout, timeout+spreadOver+15*time.Second)
-	if err != nil {
-		return err
-	}
-	a.stop()
 
 	// The naive alternative, without an agent.
 	pl, err := b.subCgroup("poll")
@@ -155,6 +142,26 @@ func killLatency(b *bench) error {
 		b.out.info("kill_speedup_vs_poller_p50", fmt.Sprintf("%.0fx", float64(p50)/float64(ovt)), "poller p50 / overtime p50")
 	}
 	return nil
+}
+
+// killBatch runs n two-process trees with deadlines over spreadOver under
+// an agent of its own with config, in a cgroup named cg, and returns their
+// kill latencies, reported under name.
+func killBatch(b *bench, cg, name, config string, n int, spreadOver, timeout time.Duration) ([]time.Duration, error) {
+	l, err := b.subCgroup(cg)
+	if err != nil {
+		return nil, err
+	}
+	a, err := b.runAgent(cg, config)
+	if err != nil {
+		return nil, err
+	}
+	defer a.stop()
+	run, err := startKillRun(a, l, n, 2*n, spreadOver, timeout, b.engine(engKill))
+	if err != nil {
+		return nil, err
+	}
+	return finishKill(b, a, run, name, timeout, timeout+spreadOver+15*time.Second)
 }
 
 // finishKill waits up to wait for every root of run to exit, reports the
