@@ -210,8 +210,9 @@ func (e *Enforcer) openUnheld(dfd int, base string, dev, ino uint64) (fd int, sk
 	case lerr == nil:
 	case errors.Is(lerr, unix.EAGAIN), errors.Is(lerr, unix.EBUSY):
 		held = true
-	case errors.Is(lerr, unix.EINVAL), errors.Is(lerr, unix.ENOSYS), errors.Is(lerr, unix.EPERM):
-		// No leases here (NFS, fs.leases-enable=0, no CAP_LEASE): look
+	case errors.Is(lerr, unix.EINVAL), errors.Is(lerr, unix.ENOSYS), errors.Is(lerr, unix.EPERM), errors.Is(lerr, unix.EACCES):
+		// No leases here (NFS, fs.leases-enable=0; EACCES: a file of
+		// another user without CAP_LEASE): look
 		// for the inode among every process's open files instead. This
 		// is a snapshot; an open right after it is not seen.
 		held, err = e.openElsewhere(fd, dev, ino)

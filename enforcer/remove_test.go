@@ -1,9 +1,11 @@
 package enforcer
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -195,6 +197,44 @@ func TestRemove(t *testing.T) {
 	t.Run("held open (lease)", func(t *testing.T) { heldOpen(t, false) })
 	t.Run("held open (proc scan)", func(t *testing.T) { heldOpen(t, true) })
 
+	// Without CAP_LEASE the kernel refuses a lease on another user's file
+	// (EACCES): the check falls back to the scan of open files.
+	t.Run("held open (another user's file, no CAP_LEASE)", func(t *testing.T) {
+		f := filepath.Join(t.TempDir(), "held")
+		writeFile(t, f, 5)
+		if err := os.Chown(f, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		dev, ino := devIno(t, f)
+		in, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("sleep", "100")
+		cmd.Stdin = in
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		in.Close()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		withoutCapLease(t, func() {
+			if fd, err := unix.Open(f, unix.O_RDONLY, 0); err == nil {
+				_, lerr := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_RDLCK)
+				unix.Close(fd)
+				if !errors.Is(lerr, unix.EACCES) {
+					t.Fatalf("lease without CAP_LEASE: %v, want EACCES", lerr)
+				}
+			}
+			mustRemove(t, e, name, f, dev, ino, false, SkipHeldOpen)
+		})
+		if !exists(f) {
+			t.Fatal("held file removed")
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		withoutCapLease(t, func() { mustRemove(t, e, name, f, dev, ino, false, "") })
+	})
+
 	t.Run("directories", func(t *testing.T) {
 		d := filepath.Join(t.TempDir(), "lock.exclusive")
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -347,4 +387,28 @@ func TestRemoveInMountNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRemove(t, e, name, node, dev, ino, false, SkipNoNamespace)
+}
+
+// withoutCapLease runs f on this goroutine's thread with CAP_LEASE out of
+// its effective set (capabilities are per thread), and puts it back.
+func withoutCapLease(t *testing.T, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	saved := data
+	data[unix.CAP_LEASE/32].Effective &^= 1 << (unix.CAP_LEASE % 32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.Capset(&hdr, &saved[0]); err != nil {
+			panic("restore CAP_LEASE: " + err.Error())
+		}
+	}()
+	f()
 }
