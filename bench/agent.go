@@ -18,6 +18,7 @@ import (
 	"time"
 
 	ovagent "overtime/agent"
+	"overtime/internal/procstat"
 )
 
 // agent is an overtime agent the bench started (in the bench's own cgroup,
@@ -351,17 +352,11 @@ func rssOf(pid int) (int64, error) {
 // ticks, every thread, live and exited) and the sum of the threads' run
 // time in /proc/PID/task/*/schedstat (nanoseconds, live threads only).
 func (a *agent) cpu() (ticks time.Duration, sched time.Duration, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.pid()))
+	st, err := procstat.ReadStat("/proc", a.pid())
 	if err != nil {
 		return 0, 0, err
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// Fields after the comm: state is f[0]; utime and stime are stat
-	// fields 14 and 15, so f[11] and f[12].
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	ticks = time.Duration(ut+st) * time.Second / 100 // USER_HZ
+	ticks = time.Duration(st.UTime+st.STime) * procstat.Tick
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", a.pid()))
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)

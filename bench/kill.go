@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/procstat"
 )
 
 // killConfig is a rule whose trees are SIGKILLed through their cgroup at
@@ -287,24 +289,11 @@ func pollerRun(b *bench, l *launcher, n int, spreadOver, timeout time.Duration) 
 // procStat reads comm and start time (boot clock, clock-tick resolution)
 // from /proc/PID/stat.
 func procStat(pid int) (string, time.Duration, bool) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		return "", 0, false
 	}
-	s := string(b)
-	i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if i < 0 || j < i {
-		return "", 0, false
-	}
-	f := strings.Fields(s[j+2:])
-	if len(f) < 20 {
-		return "", 0, false
-	}
-	ticks, err := strconv.ParseInt(f[19], 10, 64) // field 22, starttime
-	if err != nil {
-		return "", 0, false
-	}
-	return s[i+1 : j], time.Duration(ticks) * time.Second / 100, true
+	return string(st.Comm), procstat.TicksToBoot(st.Start), true
 }
 
 // memoryAndKill10k: 10,000 tracked processes started over 8 s: the

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"overtime/agent"
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
 
@@ -552,16 +553,11 @@ func pidAlive(pid int) bool {
 
 // procState is the state letter of /proc/PID/stat ("" when gone).
 func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		return ""
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return ""
-	}
-	return s[i+2 : i+3]
+	return string(st.State)
 }
 
 // tool finds a command the test runs (see testtool.Find).
