@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"overtime/internal/treename"
 )
 
 // startUp: the time from `overtime run` to /readyz 200 on the default
@@ -154,7 +156,7 @@ func massDeadline(b *bench) error {
 	deadline := bootNow() + 4*time.Second
 	execNs := deadline - timeout
 	for _, c := range kids {
-		dir, err := b.cg.mkdir(filepath.Join("mass", fmt.Sprintf("overtime.ovt-mass.%d.%d", c.pid, execNs.Nanoseconds())))
+		dir, err := b.cg.mkdir(filepath.Join("mass", treename.Format("ovt-mass", c.pid, execNs)))
 		if err != nil {
 			return err
 		}
