@@ -391,13 +391,6 @@ func (a *agentProc) actions() []apiAction {
 	return out
 }
 
-func (a *agentProc) getJSON(path string, v any) {
-	a.t.Helper()
-	if err := a.GetJSON(path, v); err != nil {
-		a.t.Fatal(err)
-	}
-}
-
 // metric returns the value of one series of /metrics, by its full name with
 // labels as exposed (e.g. `overtime_tracked_processes{rule="x"}`); -1 when
 // absent.
