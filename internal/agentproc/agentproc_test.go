@@ -254,6 +254,16 @@ func TestParseMetrics(t *testing.T) {
 	if _, ok := m.Quantile("overtime_kills_total", `rule="r"`, 0.5); ok {
 		t.Error("Quantile of a counter")
 	}
+	n := 0
+	for series, v := range m.All() {
+		if w, ok := m.Value(series); !ok || w != v {
+			t.Errorf("All yields %s %v, Value says %v, %v", series, v, w, ok)
+		}
+		n++
+	}
+	if n != m.Len() || n != 10 {
+		t.Errorf("All yields %d series, Len %d, want 10", n, m.Len())
+	}
 	if _, err := ParseMetrics("overtime_x{a=\"b} 1\n"); err == nil {
 		t.Error("a broken exposition parsed")
 	}

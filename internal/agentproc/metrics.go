@@ -2,6 +2,7 @@ package agentproc
 
 import (
 	"fmt"
+	"iter"
 	"math"
 	"sort"
 	"strconv"
@@ -135,6 +136,18 @@ func (m Metrics) Get(series string) float64 {
 
 // Len is how many series the scrape has.
 func (m Metrics) Len() int { return len(m.samples) }
+
+// All yields every series (labels sorted by name, empty ones left out)
+// and its value.
+func (m Metrics) All() iter.Seq2[string, float64] {
+	return func(yield func(string, float64) bool) {
+		for k, v := range m.samples {
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
+}
 
 // Quantile estimates the q-quantile of histogram name the way Prometheus's
 // histogram_quantile does: linear within the bucket it falls in. sel is
