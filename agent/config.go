@@ -13,6 +13,8 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/treename"
 )
 
 // Mode says whether the agent acts or only reports.
@@ -137,7 +139,6 @@ func DefaultConfig() *Config {
 }
 
 var (
-	ruleName    = regexp.MustCompile(`^[a-z0-9-]+$`)
 	yamlErrLine = regexp.MustCompile(`^line (\d+)`)
 )
 
@@ -328,7 +329,7 @@ func (p *parser) rule(n *yaml.Node, f string) *Rule {
 		"name": func(n *yaml.Node, f string) {
 			hasName = true
 			if s, ok := p.str(n, f); ok {
-				if !ruleName.MatchString(s) {
+				if !treename.ValidRule(s) {
 					p.add(n.Line, f, fmt.Sprintf("%q must be lower-case letters, digits and dashes ([a-z0-9-]+)", s))
 				}
 				r.Name = s

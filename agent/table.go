@@ -1,12 +1,11 @@
 package agent
 
 import (
-	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"overtime/collector"
+	"overtime/internal/treename"
 )
 
 // State is a tracked process's state, as the API shows it.
@@ -96,33 +95,12 @@ type created struct {
 	seq      int // creation order
 }
 
-// treeName names a tree's cgroup: overtime.<rule>.<root pid>.<exec time ns>.
-// The agent can rebuild a tree, its rule and its real deadline from the
-// name alone after a restart, so no state file is needed.
-func treeName(rule string, pid int, start time.Duration) string {
-	return fmt.Sprintf("%s.%s.%d.%d", namePrefix, rule, pid, start.Nanoseconds())
-}
-
-// namePrefix starts every cgroup overtime creates.
-const namePrefix = "overtime"
-
-// parseTreeName is the inverse of treeName.
-func parseTreeName(name string) (rule string, pid int, start time.Duration, ok bool) {
-	rest, found := strings.CutPrefix(name, namePrefix+".")
-	if !found {
-		return "", 0, 0, false
-	}
-	parts := strings.Split(rest, ".")
-	if len(parts) != 3 || !ruleName.MatchString(parts[0]) {
-		return "", 0, 0, false
-	}
-	p, err1 := strconv.Atoi(parts[1])
-	ns, err2 := strconv.ParseInt(parts[2], 10, 64)
-	if err1 != nil || err2 != nil || p <= 0 || ns < 0 {
-		return "", 0, 0, false
-	}
-	return parts[0], p, time.Duration(ns), true
-}
+// treeName names a tree's cgroup and parseTreeName reads one back
+// (overtime.<rule>.<root pid>.<exec time ns>, see treename).
+var (
+	treeName      = treename.Format
+	parseTreeName = treename.Parse
+)
 
 // state is what the API shows for p.
 func (p *proc) state() State {

@@ -1,68 +1,41 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
-	"io"
-	"math"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	ovagent "overtime/agent"
+	"overtime/internal/agentproc"
+	"overtime/internal/procstat"
 )
 
 // agent is an overtime agent the bench started (in the bench's own cgroup,
-// not among the measured processes).
+// not among the measured processes), driven through agentproc.
 type agent struct {
-	cmd     *exec.Cmd
-	addr    string
-	logPath string
-	logFile *os.File
-	done    chan struct{}
-	began   time.Time
-	http    *http.Client
+	*agentproc.Agent
 }
 
 // startAgent runs `overtime run` with config (empty: the embedded default
-// rules, no --config) and does not wait for it to be ready.
+// rules, no --config) and does not wait for it to be ready. Its log goes to
+// a file in the scratch directory.
 func (b *bench) startAgent(name, config string, extra ...string) (*agent, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	o := agentproc.Options{Binary: b.bin, Args: extra, LogFile: filepath.Join(b.tmp, name+".log")}
+	if config != "" {
+		o.Config = filepath.Join(b.tmp, name+".yaml")
+		if err := os.WriteFile(o.Config, []byte(config), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	p, err := agentproc.Start(o)
 	if err != nil {
 		return nil, err
 	}
-	addr := l.Addr().String()
-	l.Close()
-	a := &agent{addr: addr, done: make(chan struct{}), http: &http.Client{Timeout: 30 * time.Second},
-		logPath: filepath.Join(b.tmp, name+".log")}
-	args := []string{"run", "--listen", addr, "--log-format", "json"}
-	if config != "" {
-		cfg := filepath.Join(b.tmp, name+".yaml")
-		if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
-			return nil, err
-		}
-		args = append(args, "--config", cfg)
-	}
-	args = append(args, extra...)
-	if a.logFile, err = os.Create(a.logPath); err != nil {
-		return nil, err
-	}
-	a.cmd = exec.Command(b.bin, args...)
-	a.cmd.Stdout, a.cmd.Stderr = a.logFile, a.logFile
-	a.began = time.Now()
-	if err := a.cmd.Start(); err != nil {
-		a.logFile.Close()
-		return nil, err
-	}
-	go func() { _ = a.cmd.Wait(); close(a.done) }()
+	a := &agent{p}
 	b.mu.Lock()
 	b.agents = append(b.agents, a)
 	b.mu.Unlock()
@@ -81,158 +54,28 @@ func (b *bench) runAgent(name, config string, extra ...string) (*agent, error) {
 	return a, nil
 }
 
-func (a *agent) pid() int { return a.cmd.Process.Pid }
+func (a *agent) pid() int { return a.PID() }
 
 // waitReady polls /readyz every poll and returns the time from the start
 // of the agent's process to the first 200.
 func (a *agent) waitReady(timeout, poll time.Duration) (time.Duration, error) {
-	c := &http.Client{Timeout: time.Second}
-	deadline := a.began.Add(timeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-a.done:
-			return 0, fmt.Errorf("agent exited before ready: %s", a.tail(20))
-		default:
-		}
-		resp, err := c.Get("http://" + a.addr + "/readyz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return time.Since(a.began), nil
-			}
-		}
-		time.Sleep(poll)
-	}
-	return 0, fmt.Errorf("agent not ready in %v: %s", timeout, a.tail(20))
+	return a.WaitReady(timeout, poll)
 }
 
 // stop ends the agent gracefully (SIGTERM: it gives its trees back).
-func (a *agent) stop() {
-	select {
-	case <-a.done:
-	default:
-		_ = a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-a.done:
-		case <-time.After(20 * time.Second):
-			_ = a.cmd.Process.Kill()
-			<-a.done
-		}
-	}
-	a.logFile.Close()
-}
+func (a *agent) stop() { _, _ = a.Stop(20 * time.Second) }
 
-// tail returns the last n lines of the agent's log.
-func (a *agent) tail(n int) string {
-	b, _ := os.ReadFile(a.logPath)
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (a *agent) get(path string) ([]byte, error) { return a.Get(path) }
 
-func (a *agent) get(path string) ([]byte, error) {
-	resp, err := a.http.Get("http://" + a.addr + path)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
-	}
-	return body, nil
-}
+// metrics is one scrape of /metrics.
+type metrics = agentproc.Metrics
 
-// metrics is one scrape of /metrics: value by series, exactly as exposed
-// (`name{label="v",...}`).
-type metrics map[string]float64
-
-func (a *agent) metrics() (metrics, error) {
-	body, err := a.get("/metrics")
-	if err != nil {
-		return nil, err
-	}
-	m := metrics{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		m[line[:i]] = v
-	}
-	return m, nil
-}
-
-// get returns a series' value, 0 when absent.
-func (m metrics) get(series string) float64 { return m[series] }
-
-// quantile estimates the q-quantile of a histogram the way Prometheus's
-// histogram_quantile does: linear within the bucket it falls in. sel is
-// the label selector of the series without le (e.g. `rule="x"`).
-func (m metrics) quantile(name, sel string, q float64) (float64, bool) {
-	type bucket struct{ le, n float64 }
-	var bs []bucket
-	prefix := name + "_bucket{" + sel + ",le=\""
-	if sel == "" {
-		prefix = name + "_bucket{le=\""
-	}
-	for k, v := range m {
-		if rest, ok := strings.CutPrefix(k, prefix); ok {
-			le := strings.TrimSuffix(rest, "\"}")
-			f, err := strconv.ParseFloat(le, 64)
-			if le == "+Inf" {
-				f, err = math.Inf(1), nil
-			}
-			if err == nil {
-				bs = append(bs, bucket{f, v})
-			}
-		}
-	}
-	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
-	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
-		return 0, false
-	}
-	rank := q * bs[len(bs)-1].n
-	lo, below := 0.0, 0.0
-	for _, b := range bs {
-		if b.n >= rank {
-			if math.IsInf(b.le, 1) {
-				return lo, true
-			}
-			if b.n == below {
-				return b.le, true
-			}
-			return lo + (b.le-lo)*(rank-below)/(b.n-below), true
-		}
-		lo, below = b.le, b.n
-	}
-	return lo, true
-}
+func (a *agent) metrics() (metrics, error) { return a.Metrics() }
 
 // apiProcess is the agent's API type.
 type apiProcess = ovagent.ProcessInfo
 
-func (a *agent) processes() ([]apiProcess, error) {
-	body, err := a.get("/api/v1/processes")
-	if err != nil {
-		return nil, err
-	}
-	var out []apiProcess
-	return out, json.Unmarshal(body, &out)
-}
+func (a *agent) processes() ([]apiProcess, error) { return a.Processes() }
 
 // waitEmpty reads the agent's table every poll until it is empty or limit
 // has passed, and returns what is left and how long it waited. A read that
@@ -278,32 +121,13 @@ func stateCounts(ps []apiProcess) string {
 }
 
 // logRecord is one JSON log line of the agent.
-type logRecord map[string]any
-
-func (r logRecord) str(k string) string { s, _ := r[k].(string); return s }
-
-func (r logRecord) time() time.Time {
-	t, _ := time.Parse(time.RFC3339Nano, r.str("time"))
-	return t
-}
+type logRecord = agentproc.Record
 
 // logs returns the agent's log records whose msg is msg ("" for all).
 func (a *agent) logs(msg string) []logRecord {
-	f, err := os.Open(a.logPath)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
 	var out []logRecord
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if msg != "" && !strings.Contains(string(line), `"msg":"`+msg) {
-			continue
-		}
-		var r logRecord
-		if json.Unmarshal(line, &r) == nil && (msg == "" || r.str("msg") == msg) {
+	for _, r := range a.Records(msg) {
+		if msg == "" || r.Str("msg") == msg {
 			out = append(out, r)
 		}
 	}
@@ -351,17 +175,11 @@ func rssOf(pid int) (int64, error) {
 // ticks, every thread, live and exited) and the sum of the threads' run
 // time in /proc/PID/task/*/schedstat (nanoseconds, live threads only).
 func (a *agent) cpu() (ticks time.Duration, sched time.Duration, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.pid()))
+	st, err := procstat.ReadStat("/proc", a.pid())
 	if err != nil {
 		return 0, 0, err
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// Fields after the comm: state is f[0]; utime and stime are stat
-	// fields 14 and 15, so f[11] and f[12].
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	ticks = time.Duration(ut+st) * time.Second / 100 // USER_HZ
+	ticks = time.Duration(st.UTime+st.STime) * procstat.Tick
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", a.pid()))
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)

@@ -139,13 +139,13 @@ func killWithCleanup(b *bench) error {
 		return err
 	}
 	m, err := a.waitMetric(60*time.Second, func(m metrics) bool {
-		return m.get(`overtime_cleanup_removed_files_total{rule="ovt-clean"}`) >= float64(trees*files)
+		return m.Get(`overtime_cleanup_removed_files_total{rule="ovt-clean"}`) >= float64(trees*files)
 	})
-	removed := m.get(`overtime_cleanup_removed_files_total{rule="ovt-clean"}`)
+	removed := m.Get(`overtime_cleanup_removed_files_total{rule="ovt-clean"}`)
 	b.out.info("cleanup_files_removed", fmt.Sprintf("%.0f", removed),
 		fmt.Sprintf("of %d files the %d killed trees made on FUSE, left: %d", trees*files, trees, made()))
 	if err != nil {
-		for series, v := range m {
+		for series, v := range m.All() {
 			if strings.HasPrefix(series, "overtime_cleanup_") {
 				b.out.note("%s %.0f", series, v)
 			}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/procstat"
 )
 
 // killConfig is a rule whose trees are SIGKILLed through their cgroup at
@@ -66,7 +68,7 @@ func startKillRun(a *agent, l *launcher, n, members int, spread, timeout time.Du
 	// until a second before it.
 	wait := first + timeout - time.Second - bootNow()
 	if _, err := a.waitMetric(wait, func(m metrics) bool {
-		return m.get(`overtime_tracked_processes{rule="ovt-kill"}`) >= float64(members)
+		return m.Get(`overtime_tracked_processes{rule="ovt-kill"}`) >= float64(members)
 	}); err != nil {
 		return nil, fmt.Errorf("trees not all tracked before the first deadline: %w", err)
 	}
@@ -200,11 +202,11 @@ func reportKill(b *bench, name string, lat []time.Duration, m metrics, early, un
 	b.out.info(name+"_p50", ms(p50), fmt.Sprintf("deadline → exit, %d trees, seen by the bench", len(lat)))
 	b.out.check(name+"_p99", ms(p99), "≤ 10 ms", p99 <= 10*time.Millisecond && len(lat) > 0)
 	b.out.info(name+"_max", ms(pmax), "slowest tree")
-	q50, ok1 := m.quantile("overtime_kill_latency_seconds", `rule="ovt-kill"`, 0.5)
-	q99, ok2 := m.quantile("overtime_kill_latency_seconds", `rule="ovt-kill"`, 0.99)
+	q50, ok1 := m.Quantile("overtime_kill_latency_seconds", `rule="ovt-kill"`, 0.5)
+	q99, ok2 := m.Quantile("overtime_kill_latency_seconds", `rule="ovt-kill"`, 0.99)
 	if ok1 && ok2 {
 		b.out.info(name+"_agent_histogram", fmt.Sprintf("%s / %s", ms(time.Duration(q50*1e9)), ms(time.Duration(q99*1e9))),
-			fmt.Sprintf("p50 / p99 of overtime_kill_latency_seconds, %.0f trees", m.get(`overtime_kill_latency_seconds_count{rule="ovt-kill"}`)))
+			fmt.Sprintf("p50 / p99 of overtime_kill_latency_seconds, %.0f trees", m.Get(`overtime_kill_latency_seconds_count{rule="ovt-kill"}`)))
 	}
 	if early+unnamed+notKilled > 0 {
 		b.out.note("%d exited before their deadline, %d without a tree cgroup name (fork time used), %d not ended by SIGKILL",
@@ -287,24 +289,11 @@ func pollerRun(b *bench, l *launcher, n int, spreadOver, timeout time.Duration) 
 // procStat reads comm and start time (boot clock, clock-tick resolution)
 // from /proc/PID/stat.
 func procStat(pid int) (string, time.Duration, bool) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		return "", 0, false
 	}
-	s := string(b)
-	i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if i < 0 || j < i {
-		return "", 0, false
-	}
-	f := strings.Fields(s[j+2:])
-	if len(f) < 20 {
-		return "", 0, false
-	}
-	ticks, err := strconv.ParseInt(f[19], 10, 64) // field 22, starttime
-	if err != nil {
-		return "", 0, false
-	}
-	return s[i+1 : j], time.Duration(ticks) * time.Second / 100, true
+	return string(st.Comm), procstat.TicksToBoot(st.Start), true
 }
 
 // memoryAndKill10k: 10,000 tracked processes started over 8 s: the

@@ -51,13 +51,13 @@ rules:
 			if err != nil {
 				return 0, 0, err
 			}
-			tracked := m.get(`overtime_tracked_processes{rule="ovt-stall"}`) == float64(n)
-			if tracked && (!stalls || m.get(`overtime_stalls_total{rule="ovt-stall"}`) == float64(n)) {
+			tracked := m.Get(`overtime_tracked_processes{rule="ovt-stall"}`) == float64(n)
+			if tracked && (!stalls || m.Get(`overtime_stalls_total{rule="ovt-stall"}`) == float64(n)) {
 				break
 			}
 			if time.Now().After(limit) {
 				return 0, 0, fmt.Errorf("%s: %v tracked, %v stalls after %v", name,
-					m.get(`overtime_tracked_processes{rule="ovt-stall"}`), m.get(`overtime_stalls_total{rule="ovt-stall"}`), stall+30*time.Second)
+					m.Get(`overtime_tracked_processes{rule="ovt-stall"}`), m.Get(`overtime_stalls_total{rule="ovt-stall"}`), stall+30*time.Second)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}

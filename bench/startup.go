@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"overtime/internal/treename"
 )
 
 // startUp: the time from `overtime run` to /readyz 200 on the default
@@ -154,7 +156,7 @@ func massDeadline(b *bench) error {
 	deadline := bootNow() + 4*time.Second
 	execNs := deadline - timeout
 	for _, c := range kids {
-		dir, err := b.cg.mkdir(filepath.Join("mass", fmt.Sprintf("overtime.ovt-mass.%d.%d", c.pid, execNs.Nanoseconds())))
+		dir, err := b.cg.mkdir(filepath.Join("mass", treename.Format("ovt-mass", c.pid, execNs)))
 		if err != nil {
 			return err
 		}
@@ -176,7 +178,7 @@ func massDeadline(b *bench) error {
 	if err != nil {
 		return err
 	}
-	if got := m.get(`overtime_tracked_processes{rule="ovt-mass"}`); got != float64(n) {
+	if got := m.Get(`overtime_tracked_processes{rule="ovt-mass"}`); got != float64(n) {
 		return fmt.Errorf("agent adopted %.0f of %d trees", got, n)
 	}
 	if bootNow() > deadline {
@@ -203,15 +205,15 @@ func massDeadline(b *bench) error {
 		b.out.note("%d 'killed the tree' log lines, want %d", len(kills), n)
 	}
 	if len(kills) > 0 {
-		sort.Slice(kills, func(i, j int) bool { return kills[i].time().Before(kills[j].time()) })
+		sort.Slice(kills, func(i, j int) bool { return kills[i].Time().Before(kills[j].Time()) })
 		// The boot clock and the wall clock differ by a constant here.
 		offset := time.Duration(time.Now().UnixNano()) - bootNow()
-		first := time.Duration(kills[0].time().UnixNano()) - offset - deadline
+		first := time.Duration(kills[0].Time().UnixNano()) - offset - deadline
 		var gap time.Duration
 		for i := 1; i < len(kills); i++ {
-			gap = max(gap, kills[i].time().Sub(kills[i-1].time()))
+			gap = max(gap, kills[i].Time().Sub(kills[i-1].Time()))
 		}
-		span := kills[len(kills)-1].time().Sub(kills[0].time())
+		span := kills[len(kills)-1].Time().Sub(kills[0].Time())
 		b.out.info("mass_deadline_first_kill", ms(first), "first kill after the deadline (timer wake-up)")
 		b.out.info("mass_deadline_kill_span", ms(span), fmt.Sprintf("first to last of %d kills; widest gap %s", len(kills), ms(gap)))
 	}

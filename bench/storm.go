@@ -72,12 +72,12 @@ func execStorm(b *bench) error {
 				if err != nil {
 					return err
 				}
-				dl := m1.get("overtime_events_lost_total") - m0.get("overtime_events_lost_total")
+				dl := m1.Get("overtime_events_lost_total") - m0.Get("overtime_events_lost_total")
 				if mode == "overtime" {
 					lost += dl
 				} else {
 					refLost += dl
-					refExecs += m1.get(`overtime_events_total{type="exec"}`) - m0.get(`overtime_events_total{type="exec"}`)
+					refExecs += m1.Get(`overtime_events_total{type="exec"}`) - m0.Get(`overtime_events_total{type="exec"}`)
 					spawned += float64(n)
 				}
 				a.stop()
@@ -198,11 +198,11 @@ rules:
 	if err != nil {
 		return err
 	}
-	execs := m1.get(`overtime_events_total{type="exec"}`) - m0.get(`overtime_events_total{type="exec"}`)
-	lost := m1.get("overtime_events_lost_total") - m0.get("overtime_events_lost_total")
+	execs := m1.Get(`overtime_events_total{type="exec"}`) - m0.Get(`overtime_events_total{type="exec"}`)
+	lost := m1.Get("overtime_events_lost_total") - m0.Get("overtime_events_lost_total")
 	ended := 0.0
 	for _, o := range []string{"exited", "failed", "killed"} {
-		ended += m1.get(`overtime_process_runtime_seconds_count{outcome="` + o + `",rule="ovt-bench"}`)
+		ended += m1.Get(`overtime_process_runtime_seconds_count{outcome="` + o + `",rule="ovt-bench"}`)
 	}
 	b.out.info("match_storm_rate", fmt.Sprintf("%.0f procs/s", float64(n)/spawnTime.Seconds()),
 		fmt.Sprintf("%d processes in %v", n, spawnTime.Round(time.Millisecond)))

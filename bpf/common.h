@@ -4,7 +4,8 @@
  * No vmlinux.h and no <linux/bpf.h>: the few types and constants needed are
  * declared here so the build needs only libbpf's bpf_helpers.h and
  * bpf_core_read.h, on any host architecture. The event layout is decoded by
- * record.go; keep the two in step. */
+ * record.go through the Go types bpf2go generates from these structs
+ * (-type in gen.go); record_test.go checks them against the object. */
 #pragma once
 
 typedef unsigned char __u8;
@@ -350,10 +351,14 @@ struct {
 } exited SEC(".maps");
 
 /* Variable-length records are built here, then copied to the ring buffer
- * with their real length. Tracepoint programs do not nest on a CPU. */
+ * with their real length. Tracepoint programs do not nest on a CPU.
+ * exit_event is reserved in the ring buffer directly: it is a member only
+ * so that its type is in the object's BTF, where bpf2go -type finds it (it
+ * is smaller than the others, so the size does not change). */
 union scratch {
 	struct exec_event exec;
 	struct file_event file;
+	struct exit_event exit;
 };
 
 struct {

@@ -25,6 +25,56 @@ type overtimeDirScratch struct {
 	Buf   [768]int8
 }
 
+type overtimeEventHdr struct {
+	_     structs.HostLayout
+	Type  uint8
+	Op    uint8
+	Trunc uint16
+	Tgid  uint32
+	Ppid  uint32
+	Tid   uint32
+	Time  uint64
+	Born  uint64
+}
+
+type overtimeExecEvent struct {
+	_           structs.HostLayout
+	Hdr         overtimeEventHdr
+	CgroupId    uint64
+	Comm        [16]int8
+	FilenameLen uint32
+	ArgsLen     uint32
+	ArgsCopied  uint32
+	Flags       uint32
+	Data        [1280]int8
+}
+
+type overtimeExitEvent struct {
+	_        structs.HostLayout
+	Hdr      overtimeEventHdr
+	ExitCode int32
+	Pad      uint32
+}
+
+type overtimeFileEvent struct {
+	_        structs.HostLayout
+	Hdr      overtimeEventHdr
+	Flags    uint32
+	F_mode   uint32
+	Dirfd    int32
+	Dirfd2   int32
+	Dev      uint32
+	PathLen  uint16
+	Path2Len uint16
+	Ino      uint64
+	DirLen   uint16
+	Dir2Len  uint16
+	Dirs     uint16
+	Pad      uint16
+	Data     [2559]int8
+	_        [1]byte
+}
+
 type overtimeFileStash struct {
 	_      structs.HostLayout
 	Op     uint32
@@ -43,28 +93,8 @@ type overtimeHeldVal struct {
 
 type overtimeScratch struct {
 	_    structs.HostLayout
-	Exec struct {
-		_   structs.HostLayout
-		Hdr struct {
-			_     structs.HostLayout
-			Type  uint8
-			Op    uint8
-			Trunc uint16
-			Tgid  uint32
-			Ppid  uint32
-			Tid   uint32
-			Time  uint64
-			Born  uint64
-		}
-		CgroupId    uint64
-		Comm        [16]int8
-		FilenameLen uint32
-		ArgsLen     uint32
-		ArgsCopied  uint32
-		Flags       uint32
-		Data        [1280]int8
-	}
-	_ [1280]byte
+	Exec overtimeExecEvent
+	_    [1280]byte
 }
 
 type overtimeTrackedVal struct {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // Type is the kind of a kernel record.
@@ -126,13 +127,57 @@ func appendDir(dst, names []byte) []byte {
 // (common.h EXEC_HELD).
 const execHeld = 1
 
-// Record sizes (common.h): the fixed part of each type; exec and file
-// records carry their strings after it, as long as they are.
+// The record layout is the one of the C structs in common.h, through the
+// Go types bpf2go generates from them (-type in gen.go, overtime_bpfel.go).
+// Offsets and sizes are constants, so Decode reads fields in place, with no
+// copy into a struct; TestRecordLayout checks the types against the
+// object's BTF and the header's constants.
+var (
+	_hdr  overtimeEventHdr
+	_exec overtimeExecEvent
+	_exit overtimeExitEvent
+	_file overtimeFileEvent
+)
+
+// Record sizes: the fixed part of each type; exec and file records carry
+// their strings after it, as long as they are.
 const (
-	hdrSize   = 32
-	execFixed = hdrSize + 8 + CommLen + 16
-	exitSize  = hdrSize + 8
-	fileFixed = hdrSize + 40
+	hdrSize   = int(unsafe.Sizeof(_hdr))
+	execFixed = int(unsafe.Offsetof(_exec.Data))
+	exitSize  = int(unsafe.Sizeof(_exit))
+	fileFixed = int(unsafe.Offsetof(_file.Data))
+)
+
+// Field offsets, from the start of the record.
+const (
+	hdrOp    = unsafe.Offsetof(_hdr.Op)
+	hdrTrunc = unsafe.Offsetof(_hdr.Trunc)
+	hdrTgid  = unsafe.Offsetof(_hdr.Tgid)
+	hdrPpid  = unsafe.Offsetof(_hdr.Ppid)
+	hdrTid   = unsafe.Offsetof(_hdr.Tid)
+	hdrTime  = unsafe.Offsetof(_hdr.Time)
+	hdrBorn  = unsafe.Offsetof(_hdr.Born)
+
+	execCgroupID    = unsafe.Offsetof(_exec.CgroupId)
+	execComm        = unsafe.Offsetof(_exec.Comm)
+	execFilenameLen = unsafe.Offsetof(_exec.FilenameLen)
+	execArgsLen     = unsafe.Offsetof(_exec.ArgsLen)
+	execArgsCopied  = unsafe.Offsetof(_exec.ArgsCopied)
+	execFlags       = unsafe.Offsetof(_exec.Flags)
+
+	exitCode = unsafe.Offsetof(_exit.ExitCode)
+
+	fileFlags    = unsafe.Offsetof(_file.Flags)
+	fileFMode    = unsafe.Offsetof(_file.F_mode)
+	fileDirfd    = unsafe.Offsetof(_file.Dirfd)
+	fileDirfd2   = unsafe.Offsetof(_file.Dirfd2)
+	fileDev      = unsafe.Offsetof(_file.Dev)
+	filePathLen  = unsafe.Offsetof(_file.PathLen)
+	filePath2Len = unsafe.Offsetof(_file.Path2Len)
+	fileIno      = unsafe.Offsetof(_file.Ino)
+	fileDirLen   = unsafe.Offsetof(_file.DirLen)
+	fileDir2Len  = unsafe.Offsetof(_file.Dir2Len)
+	fileDirs     = unsafe.Offsetof(_file.Dirs)
 )
 
 // ErrMalformed is returned (wrapped) by Decode for a record it cannot read.
@@ -208,13 +253,13 @@ func Decode(raw []byte, rec *Record) error {
 		return fmt.Errorf("%w: %d bytes, header needs %d", ErrMalformed, len(raw), hdrSize)
 	}
 	typ := Type(raw[0])
-	trunc := le.Uint16(raw[2:])
+	trunc := le.Uint16(raw[hdrTrunc:])
 	rec.Type = typ
-	rec.TGID = le.Uint32(raw[4:])
-	rec.PPID = le.Uint32(raw[8:])
-	rec.TID = le.Uint32(raw[12:])
-	rec.Time = le.Uint64(raw[16:])
-	rec.Born = le.Uint64(raw[24:])
+	rec.TGID = le.Uint32(raw[hdrTgid:])
+	rec.PPID = le.Uint32(raw[hdrPpid:])
+	rec.TID = le.Uint32(raw[hdrTid:])
+	rec.Time = le.Uint64(raw[hdrTime:])
+	rec.Born = le.Uint64(raw[hdrBorn:])
 	rec.CgroupID, rec.ExitCode = 0, 0
 	rec.Comm, rec.Filename, rec.Args = rec.Comm[:0], rec.Filename[:0], rec.Args[:0]
 	rec.ArgsLen, rec.FilenameTruncated, rec.ArgsTruncated, rec.Held = 0, false, false, false
@@ -230,21 +275,20 @@ func Decode(raw []byte, rec *Record) error {
 		if len(raw) < exitSize {
 			return fmt.Errorf("%w: exit record of %d bytes, need %d", ErrMalformed, len(raw), exitSize)
 		}
-		rec.ExitCode = int32(le.Uint32(raw[hdrSize:]))
+		rec.ExitCode = int32(le.Uint32(raw[exitCode:]))
 		return nil
 	case TypeExec:
 		if len(raw) < execFixed {
 			return fmt.Errorf("%w: exec record of %d bytes, need %d", ErrMalformed, len(raw), execFixed)
 		}
-		p := raw[hdrSize:]
-		rec.CgroupID = le.Uint64(p)
-		rec.Comm = append(rec.Comm, cstr(p[8:8+CommLen])...)
-		p = p[8+CommLen:]
-		flen, alen, acopied, flags := le.Uint32(p), le.Uint32(p[4:]), le.Uint32(p[8:]), le.Uint32(p[12:])
+		rec.CgroupID = le.Uint64(raw[execCgroupID:])
+		rec.Comm = append(rec.Comm, cstr(raw[execComm:execComm+CommLen])...)
+		flen, alen := le.Uint32(raw[execFilenameLen:]), le.Uint32(raw[execArgsLen:])
+		acopied, flags := le.Uint32(raw[execArgsCopied:]), le.Uint32(raw[execFlags:])
 		if flen >= FilenameMax || acopied > ArgsMax || acopied > alen || len(raw) < execFixed+int(flen)+int(acopied) {
 			return fmt.Errorf("%w: exec record of %d bytes, lengths filename %d args %d/%d", ErrMalformed, len(raw), flen, acopied, alen)
 		}
-		p = p[16:]
+		p := raw[execFixed:]
 		rec.Filename = append(rec.Filename, cstr(p[:flen])...)
 		rec.Args = append(rec.Args, p[flen:flen+acopied]...)
 		rec.ArgsLen = alen
@@ -256,25 +300,24 @@ func Decode(raw []byte, rec *Record) error {
 		if len(raw) < fileFixed {
 			return fmt.Errorf("%w: file record of %d bytes, need %d", ErrMalformed, len(raw), fileFixed)
 		}
-		op := FileOp(raw[1])
+		op := FileOp(raw[hdrOp])
 		if op < OpOpen || op > OpRmdir {
 			return fmt.Errorf("%w: file op %d", ErrMalformed, op)
 		}
-		p := raw[hdrSize:]
 		rec.FileOp = op
-		rec.Flags = le.Uint32(p)
-		rec.FMode = le.Uint32(p[4:])
-		rec.Dirfd = int32(le.Uint32(p[8:]))
-		rec.Dirfd2 = int32(le.Uint32(p[12:]))
-		rec.Dev = le.Uint32(p[16:])
-		plen, p2len := int(le.Uint16(p[20:])), int(le.Uint16(p[22:]))
-		rec.Ino = le.Uint64(p[24:])
-		dlen, d2len, dirs := int(le.Uint16(p[32:])), int(le.Uint16(p[34:])), le.Uint16(p[36:])
+		rec.Flags = le.Uint32(raw[fileFlags:])
+		rec.FMode = le.Uint32(raw[fileFMode:])
+		rec.Dirfd = int32(le.Uint32(raw[fileDirfd:]))
+		rec.Dirfd2 = int32(le.Uint32(raw[fileDirfd2:]))
+		rec.Dev = le.Uint32(raw[fileDev:])
+		plen, p2len := int(le.Uint16(raw[filePathLen:])), int(le.Uint16(raw[filePath2Len:]))
+		rec.Ino = le.Uint64(raw[fileIno:])
+		dlen, d2len, dirs := int(le.Uint16(raw[fileDirLen:])), int(le.Uint16(raw[fileDir2Len:])), le.Uint16(raw[fileDirs:])
 		if plen >= PathMax || p2len >= PathMax || dlen > DirMax || d2len > DirMax ||
 			len(raw) < fileFixed+plen+p2len+dlen+d2len {
 			return fmt.Errorf("%w: file record of %d bytes, lengths %d, %d, %d, %d", ErrMalformed, len(raw), plen, p2len, dlen, d2len)
 		}
-		p = p[40:]
+		p := raw[fileFixed:]
 		rec.Path = append(rec.Path, cstr(p[:plen])...)
 		p = p[plen:]
 		rec.Path2 = append(rec.Path2, cstr(p[:p2len])...)

@@ -3,7 +3,6 @@
 package bpf
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +20,7 @@ import (
 	"time"
 
 	"overtime/internal/hostns"
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
 
@@ -214,17 +213,11 @@ func start(t *testing.T, cmd *exec.Cmd) {
 // statStart reads /proc/PID/stat starttime (clock ticks since boot).
 func statStart(t *testing.T, pid int) uint64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	v, err := strconv.ParseUint(fields[19], 10, 64) // field 22
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return st.Start
 }
 
 // cgroupInode is the inode of pid's cgroup v2 directory: the cgroup id. On
@@ -233,11 +226,10 @@ func statStart(t *testing.T, pid int) uint64 {
 // of any cgroup2 mount.
 func cgroupInode(t *testing.T, pid int) uint64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -245,19 +237,16 @@ func cgroupInode(t *testing.T, pid int) uint64 {
 	if !strings.Contains(string(mi), " - cgroup2 ") {
 		return 1
 	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-				var st syscall.Stat_t
-				if syscall.Stat(mnt+"/cgroup.controllers", &st) != nil {
-					continue
-				}
-				if err := syscall.Stat(filepath.Join(mnt, p), &st); err != nil {
-					t.Fatal(err)
-				}
-				return st.Ino
+	if p, ok := procstat.CgroupPath(b, false); ok {
+		for _, mnt := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+			var st syscall.Stat_t
+			if syscall.Stat(mnt+"/cgroup.controllers", &st) != nil {
+				continue
 			}
+			if err := syscall.Stat(filepath.Join(mnt, string(p)), &st); err != nil {
+				t.Fatal(err)
+			}
+			return st.Ino
 		}
 	}
 	t.Fatal("no cgroup v2 membership")
@@ -950,12 +939,11 @@ func waitStopped(t *testing.T, pid int) {
 
 func procState(t *testing.T, pid int) byte {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := bytes.LastIndexByte(b, ')')
-	return b[i+2]
+	return st.State
 }
 
 // A kernel without BTF is refused at start with an error that names it,

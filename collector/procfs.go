@@ -7,17 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/procfs"
+
+	"overtime/internal/procstat"
 )
-
-// userHZ is the unit of /proc/PID/stat times (USER_HZ, 100 on every Linux
-// ABI overtime runs on).
-const userHZ = 100
-
-// TicksToBoot converts a /proc/PID/stat starttime (clock ticks since boot)
-// to the boot-time clock.
-func TicksToBoot(ticks uint64) time.Duration {
-	return time.Duration(ticks) * (time.Second / userHZ)
-}
 
 // SameBorn reports whether two start times name the same process start.
 // The kernel's records carry start_boottime in nanoseconds, a procfs scan
@@ -25,8 +17,7 @@ func TicksToBoot(ticks uint64) time.Duration {
 // /proc/PID/stat rounds (down). With the PID, that still tells a reused
 // PID from the process that held it before.
 func SameBorn(a, b time.Duration) bool {
-	tick := time.Second / userHZ
-	return a/tick == b/tick
+	return procstat.BootToTicks(a) == procstat.BootToTicks(b)
 }
 
 // Procfs reads processes from a proc mount. Its root is a parameter so tests

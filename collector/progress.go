@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"overtime/internal/procstat"
 )
 
 // Member names one process of a tree for a progress sample: its PID and
@@ -54,7 +56,7 @@ func (p *Procfs) Sample(members []Member) []Usage {
 			PID: m.PID, Born: m.Born,
 			IO:    io.RChar + io.WChar,
 			Calls: io.SyscR + io.SyscW,
-			CPU:   time.Duration(st.UTime+st.STime) * (time.Second / userHZ),
+			CPU:   time.Duration(st.UTime+st.STime) * procstat.Tick,
 		})
 	}
 	return out
@@ -63,7 +65,7 @@ func (p *Procfs) Sample(members []Member) []Usage {
 // startedAt reports whether a /proc/PID/stat starttime (clock ticks) is
 // born, which may be finer (the kernel's fork time, in nanoseconds).
 func startedAt(ticks uint64, born time.Duration) bool {
-	return ticks == uint64(born/(time.Second/userHZ))
+	return ticks == procstat.BootToTicks(born)
 }
 
 // Blocked says what a process that outlived SIGKILL is waiting for, as far

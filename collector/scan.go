@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/procstat"
 )
 
 // ErrGone is returned (wrapped) by Process for a PID that does not exist or
@@ -27,9 +28,6 @@ var errZombie = fmt.Errorf("zombie: %w", ErrGone)
 
 // ErrKernelThread is returned (wrapped) by Process for a kernel thread.
 var ErrKernelThread = errors.New("kernel thread")
-
-// pfKthread is PF_KTHREAD in the flags field of /proc/PID/stat.
-const pfKthread = 0x00200000
 
 // scanBatch is how many PIDs a scan worker takes at a time.
 const scanBatch = 64
@@ -138,15 +136,11 @@ func (p *Procfs) Process(pid int) (Process, error) {
 // node: no /proc/PID, or one that started at another time (the PID was
 // reused). A zombie is not reaped. When unsure, it says false.
 func (p *Procfs) Reaped(pid int, born time.Duration) bool {
-	data, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "stat"))
+	st, err := procstat.ReadStat(p.root, pid)
 	if err != nil {
 		return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
 	}
-	st, err := parseStat(data)
-	if err != nil {
-		return false
-	}
-	return st.start != uint64(born/(time.Second/userHZ))
+	return st.Start != procstat.BootToTicks(born)
 }
 
 // read reads process pid through a descriptor of its /proc/PID directory.
@@ -161,28 +155,29 @@ func (p *Procfs) read(r *procReader, pid int) (Process, error) {
 	if err != nil {
 		return Process{}, procErr(pid, "read stat", err)
 	}
-	st, err := parseStat(data)
+	st, err := procstat.ParseStat(data)
 	if err != nil {
 		return Process{}, fmt.Errorf("process %d: stat: %w", pid, err)
 	}
-	if st.flags&pfKthread != 0 {
+	if st.Flags&procstat.PFKthread != 0 {
 		return Process{}, fmt.Errorf("process %d: %w", pid, ErrKernelThread)
 	}
-	if st.state == 'Z' {
+	born := procstat.TicksToBoot(st.Start)
+	if st.State == 'Z' {
 		// Only what stat still says: the rest went with its memory.
-		z := Process{PID: pid, PPID: st.ppid, Comm: r.intern(st.comm), Born: TicksToBoot(st.start), Start: TicksToBoot(st.start)}
+		z := Process{PID: pid, PPID: st.PPID, Comm: r.intern(st.Comm), Born: born, Start: born}
 		return z, fmt.Errorf("process %d: %w", pid, errZombie)
 	}
-	if st.state == 'X' || st.state == 'x' {
+	if st.State == 'X' || st.State == 'x' {
 		return Process{}, fmt.Errorf("process %d: dead: %w", pid, ErrGone)
 	}
 
 	proc := Process{
 		PID:   pid,
-		PPID:  st.ppid,
-		Comm:  r.intern(st.comm),
-		Born:  TicksToBoot(st.start),
-		Start: TicksToBoot(st.start),
+		PPID:  st.PPID,
+		Comm:  r.intern(st.Comm),
+		Born:  born,
+		Start: born,
 	}
 
 	exe, err := r.readlink(dir, "exe")
@@ -223,7 +218,7 @@ func (p *Procfs) read(r *procReader, pid int) (Process, error) {
 	if err != nil {
 		return Process{}, procErr(pid, "read cgroup", err)
 	}
-	cg, ok := cgroupLine(data, p.v1)
+	cg, ok := procstat.CgroupPath(data, p.v1)
 	if !ok {
 		if !alive(dir) {
 			return Process{}, fmt.Errorf("process %d: %w", pid, ErrGone)
@@ -255,62 +250,6 @@ func alive(dir int) bool {
 	return true
 }
 
-type statFields struct {
-	comm  []byte
-	state byte
-	ppid  int
-	flags uint64
-	start uint64
-}
-
-// parseStat takes the fields Scan needs from /proc/PID/stat: comm, state
-// (3), ppid (4), flags (9) and starttime (22). comm may hold spaces and
-// parentheses, so it runs from the first '(' to the last ')'.
-func parseStat(data []byte) (statFields, error) {
-	var st statFields
-	l := bytes.IndexByte(data, '(')
-	r := bytes.LastIndexByte(data, ')')
-	if l < 0 || r < l || r+2 > len(data) {
-		return st, fmt.Errorf("unexpected format %q", truncate(data))
-	}
-	st.comm = data[l+1 : r]
-	rest := data[r+2:]
-	for field := 3; field <= 22; field++ {
-		rest = bytes.TrimLeft(rest, " ")
-		end := bytes.IndexByte(rest, ' ')
-		if end < 0 {
-			end = len(rest)
-		}
-		tok := bytes.TrimRight(rest[:end], "\n")
-		rest = rest[end:]
-		if len(tok) == 0 {
-			return st, fmt.Errorf("field %d missing in %q", field, truncate(data))
-		}
-		var err error
-		switch field {
-		case 3:
-			st.state = tok[0]
-		case 4:
-			st.ppid, err = strconv.Atoi(string(tok))
-		case 9:
-			st.flags, err = strconv.ParseUint(string(tok), 10, 64)
-		case 22:
-			st.start, err = strconv.ParseUint(string(tok), 10, 64)
-		}
-		if err != nil {
-			return st, fmt.Errorf("field %d: %w", field, err)
-		}
-	}
-	return st, nil
-}
-
-func truncate(b []byte) []byte {
-	if len(b) > 80 {
-		return b[:80]
-	}
-	return b
-}
-
 // splitCmdline splits /proc/PID/cmdline at its NULs; every argument shares
 // one string.
 func splitCmdline(data []byte) []string {
@@ -319,44 +258,6 @@ func splitCmdline(data []byte) []string {
 		return []string{}
 	}
 	return strings.Split(string(data), "\x00")
-}
-
-// cgroupLine finds the path of /proc/PID/cgroup that pickCgroup would pick:
-// the "0::" line, or with v1 the line whose controllers include freezer.
-func cgroupLine(data []byte, v1 bool) ([]byte, bool) {
-	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		id, rest, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			continue
-		}
-		ctrls, path, ok := bytes.Cut(rest, []byte(":"))
-		if !ok {
-			continue
-		}
-		if !v1 {
-			if len(ctrls) == 0 && isZero(id) {
-				return path, true
-			}
-			continue
-		}
-		for c := range bytes.SplitSeq(ctrls, []byte(",")) {
-			if string(c) == "freezer" {
-				return path, true
-			}
-		}
-	}
-	return nil, false
-}
-
-func isZero(id []byte) bool {
-	n, err := strconv.Atoi(string(id))
-	return err == nil && n == 0
 }
 
 // procReader reads small proc files and links into reused buffers. One

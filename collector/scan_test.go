@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
 
@@ -249,32 +250,6 @@ func TestScanFailures(t *testing.T) {
 	})
 }
 
-func TestParseStat(t *testing.T) {
-	for _, line := range []string{
-		"",
-		"1 (x",
-		"1 (x)",
-		"1 (x) S 1 1",
-		"1 (x) S one 1 1 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 5 1",
-	} {
-		if st, err := parseStat([]byte(line)); err == nil {
-			t.Errorf("parseStat(%q) = %+v, want an error", line, st)
-		}
-	}
-	st, err := parseStat([]byte("7 ((sd-pam)) S 6 6 6 0 -1 1077936448 50 0 0 0 0 0 0 0 20 0 1 0 987 1 1\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(st.comm) != "(sd-pam)" || st.state != 'S' || st.ppid != 6 || st.flags != 1077936448 || st.start != 987 {
-		t.Errorf("parseStat = %+v", st)
-	}
-	// starttime the last field: no trailing space.
-	st, err = parseStat([]byte("7 (x) S 6 6 6 0 -1 0 50 0 0 0 0 0 0 0 20 0 1 0 42\n"))
-	if err != nil || st.start != 42 {
-		t.Errorf("parseStat = %+v, %v; want start 42", st, err)
-	}
-}
-
 func TestCgroupLineMatchesPickCgroup(t *testing.T) {
 	for _, data := range []string{
 		"0::/\n",
@@ -289,15 +264,15 @@ func TestCgroupLineMatchesPickCgroup(t *testing.T) {
 			p := newFixture(t, v1, fakeProc{pid: 5, comm: "x", state: 'S', ppid: 1,
 				flags: userFlags, start: 1, cmdline: "x\x00", exe: "/x", cgroup: data})
 			want, werr := p.Cgroup(5)
-			got, ok := cgroupLine([]byte(data), v1)
+			got, ok := procstat.CgroupPath([]byte(data), v1)
 			if ok != (werr == nil) || string(got) != want {
-				t.Errorf("cgroupLine(%q, v1=%v) = %q, %v; pickCgroup %q, %v", data, v1, got, ok, want, werr)
+				t.Errorf("CgroupPath(%q, v1=%v) = %q, %v; pickCgroup %q, %v", data, v1, got, ok, want, werr)
 			}
 		}
 	}
 	// Where procfs refuses the whole file, Scan still finds the line.
-	if got, ok := cgroupLine([]byte("garbage\n0::/after-garbage\n"), false); !ok || string(got) != "/after-garbage" {
-		t.Errorf("cgroupLine after a bad line = %q, %v", got, ok)
+	if got, ok := procstat.CgroupPath([]byte("garbage\n0::/after-garbage\n"), false); !ok || string(got) != "/after-garbage" {
+		t.Errorf("CgroupPath after a bad line = %q, %v", got, ok)
 	}
 }
 
@@ -436,7 +411,7 @@ func TestScanRealZombieAndExit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s, err := parseStat(st); err == nil && s.state == 'Z' {
+		if s, err := procstat.ParseStat(st); err == nil && s.State == 'Z' {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/procstat"
 )
 
 // Modes, as Options.Mode and Mode() spell them.
@@ -179,10 +181,8 @@ func ownV2Cgroup() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			return p, nil
-		}
+	if p, ok := procstat.CgroupPath(b, false); ok {
+		return string(p), nil
 	}
 	return "", errors.New("no cgroup v2 line in /proc/self/cgroup")
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/treename"
 )
 
 var (
@@ -48,7 +50,7 @@ type Options struct {
 	Mode     string // "" = detect, or "unified", "hybrid", "legacy"
 	Root     string // override the cgroup mount (tests)
 	ProcRoot string // default /proc
-	Prefix   string // default "overtime"; tree names start with Prefix+"."
+	Prefix   string // default treename.Prefix; tree names start with Prefix+"."
 	Logger   *slog.Logger
 	// FreezeKill makes a v2 hierarchy end trees by freeze-kill-thaw
 	// (cgroup.freeze) even where the kernel has cgroup.kill: the path of
@@ -95,7 +97,7 @@ type tree struct {
 func New(opts Options) (*Enforcer, error) {
 	e := &Enforcer{
 		procRoot: orDefault(opts.ProcRoot, "/proc"),
-		prefix:   orDefault(opts.Prefix, "overtime"),
+		prefix:   orDefault(opts.Prefix, treename.Prefix),
 		log:      opts.Logger,
 		trees:    make(map[string]*tree),
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
 
@@ -270,11 +271,11 @@ func waitForComm(t *testing.T, pid int, comm string) {
 
 func born(t *testing.T, pid int) time.Duration {
 	t.Helper()
-	ticks, err := startTicks("/proc", pid)
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return time.Duration(ticks) * (time.Second / userHZ)
+	return procstat.TicksToBoot(st.Start)
 }
 
 func (p *proc) alive() bool {

@@ -11,37 +11,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/procstat"
 )
-
-// userHZ is the unit of /proc/PID/stat starttime. It is fixed at 100 in the
-// kernel ABI (USER_HZ) regardless of CONFIG_HZ.
-const userHZ = 100
-
-// bornTicks converts a boot-clock start time to the clock ticks that
-// /proc/PID/stat reports, truncating as the kernel does.
-func bornTicks(born time.Duration) uint64 {
-	return uint64(born.Nanoseconds() / (int64(time.Second) / userHZ))
-}
-
-// startTicks reads field 22 (starttime) of procRoot/PID/stat. The comm field
-// may hold spaces and parentheses, so parsing starts after the last ')'.
-func startTicks(procRoot string, pid int) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse stat of pid %d: no comm", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state), so field 22 is f[19].
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f))
-	}
-	return strconv.ParseUint(f[19], 10, 64)
-}
 
 // openPidfd opens a pidfd for pid and, when born is not negative, checks
 // that the process it refers to started at born. The pidfd is opened first:
@@ -56,12 +28,12 @@ func openPidfd(procRoot string, pid int, born time.Duration) (int, error) {
 	if born < 0 {
 		return fd, nil
 	}
-	st, err := startTicks(procRoot, pid)
+	stat, err := procstat.ReadStat(procRoot, pid)
 	if err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("read start time of pid %d: %w", pid, err)
 	}
-	if want := bornTicks(born); st != want {
+	if st, want := stat.Start, procstat.BootToTicks(born); st != want {
 		unix.Close(fd)
 		return -1, fmt.Errorf("pid %d: start time %d ticks, want %d: %w", pid, st, want, ErrPIDReused)
 	}
@@ -96,36 +68,20 @@ func cgroupOf(procRoot string, pid int, v1 bool) (string, error) {
 }
 
 func parseCgroupFile(content string, v1 bool) (string, error) {
-	for _, line := range strings.Split(content, "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		match := false
+	b, ok := procstat.CgroupPath([]byte(content), v1)
+	if !ok {
 		if v1 {
-			for _, c := range strings.Split(parts[1], ",") {
-				if c == "freezer" {
-					match = true
-				}
-			}
-		} else {
-			match = parts[0] == "0" && parts[1] == ""
+			return "", errors.New("no freezer line in cgroup file")
 		}
-		if !match {
-			continue
-		}
-		p := parts[2]
-		// A path outside our cgroup namespace reads "/../.."; we cannot
-		// reach it through our mount, so refuse it rather than guess.
-		if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || strings.Contains(p, "/..") {
-			return "", fmt.Errorf("cgroup path %q is outside this cgroup namespace", p)
-		}
-		return p, nil
+		return "", errors.New("no cgroup v2 (0::) line in cgroup file")
 	}
-	if v1 {
-		return "", errors.New("no freezer line in cgroup file")
+	p := string(b)
+	// A path outside our cgroup namespace reads "/../.."; we cannot
+	// reach it through our mount, so refuse it rather than guess.
+	if !strings.HasPrefix(p, "/") || filepath.Clean(p) != p || strings.Contains(p, "/..") {
+		return "", fmt.Errorf("cgroup path %q is outside this cgroup namespace", p)
 	}
-	return "", errors.New("no cgroup v2 (0::) line in cgroup file")
+	return p, nil
 }
 
 // waitExit polls a pidfd until the process exits or d passes.

@@ -33,6 +33,7 @@ import (
 	"overtime/collector"
 	"overtime/internal/charttest"
 	"overtime/internal/ociimage"
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 
 	"github.com/containerd/containerd/v2/client"
@@ -644,9 +645,8 @@ func alive(pid int) bool {
 		return false
 	}
 	// A zombie has ended too.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+	st, err := procstat.ParseStat(b)
+	return err != nil || st.State != 'Z'
 }
 
 func cmdline(pid int) []string {
@@ -680,12 +680,7 @@ func descendants(pid int) []int {
 
 // cgroupV2Path is the "0::" line of /proc/PID/cgroup.
 func cgroupV2Path(procCgroup string) string {
-	for _, l := range strings.Split(procCgroup, "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			return p
-		}
-	}
-	return ""
+	return procstat.V2Path(procCgroup)
 }
 
 // cgroupMounts lists the cgroup (v1) and cgroup2 mount points.

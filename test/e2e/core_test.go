@@ -221,7 +221,7 @@ func TestRestartKeepsRealDeadline(t *testing.T) {
 	b := startAgent(t, cfg)
 	info, ok = b.process(p.pid)
 	if !ok {
-		t.Fatalf("not found again after the restart; log:\n%s", b.logs.String())
+		t.Fatalf("not found again after the restart; log:\n%s", b.Log())
 	}
 	if d := info.Deadline.Sub(deadline); d < -20*time.Millisecond || d > 20*time.Millisecond {
 		t.Fatalf("restart moved the deadline by %v", d)

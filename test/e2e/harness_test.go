@@ -5,26 +5,21 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"overtime/agent"
+	"overtime/internal/agentproc"
+	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
 
@@ -274,42 +269,27 @@ func engine(t *testing.T, dir, name, body string) string {
 	return path
 }
 
-// agentProc is a running overtime agent.
+// agentProc is a running overtime agent (see agentproc), failing the test
+// on what it cannot do or read.
 type agentProc struct {
+	*agentproc.Agent
 	t    *testing.T
 	cmd  *exec.Cmd
 	addr string
-	logs *syncBuffer
-	done chan struct{}
-	code int
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	done <-chan struct{}
 }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := agentproc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
+
+// syncBuffer is a subprocess's output, read while it runs.
+type syncBuffer = agentproc.Buffer
 
 // startAgent runs `overtime run` with the config text and waits for /readyz.
 func startAgent(t *testing.T, config string, extra ...string) *agentProc {
@@ -330,27 +310,25 @@ func startAgentFile(t *testing.T, cfgPath string, extra ...string) *agentProc {
 }
 
 // launchAgent starts `overtime run` through the wrapper command (which ends
-// by exec'ing its arguments; none: the binary itself) without waiting.
+// by exec'ing its arguments; none: the binary itself) without waiting. Its
+// log is kept in memory: the agent counts as exited once its hold guard,
+// which writes to the same output, has too.
 func launchAgent(t *testing.T, wrapper []string, cfgPath string, extra ...string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, addr: freeAddr(t), logs: &syncBuffer{}, done: make(chan struct{})}
-	args := append([]string{"run", "--config", cfgPath, "--listen", a.addr, "--log-format", "json", "--log-level", "debug"}, extra...)
-	argv := append(append(slices.Clone(wrapper), binary), args...)
-	a.cmd = exec.Command(argv[0], argv[1:]...)
-	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	if err := a.cmd.Start(); err != nil {
+	p, err := agentproc.Start(agentproc.Options{
+		Binary:  binary,
+		Wrapper: wrapper,
+		Config:  cfgPath,
+		Args:    append([]string{"--log-level", "debug"}, extra...),
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		err := a.cmd.Wait()
-		a.code = a.cmd.ProcessState.ExitCode()
-		_ = err
-		close(a.done)
-	}()
+	a := &agentProc{Agent: p, t: t, cmd: p.Cmd, addr: p.Addr, done: p.Done()}
 	t.Cleanup(func() {
 		a.stop()
 		if t.Failed() {
-			t.Logf("agent log:\n%s", a.logs.String())
+			t.Logf("agent log:\n%s", a.Log())
 		}
 	})
 	return a
@@ -358,62 +336,38 @@ func launchAgent(t *testing.T, wrapper []string, cfgPath string, extra ...string
 
 // waitReady waits for /readyz, failing the test when the agent exits first.
 func (a *agentProc) waitReady() {
-	t := a.t
-	t.Helper()
+	a.t.Helper()
 	// A bound on waiting, not a start-up target (bench/ measures that):
 	// the eBPF verifier is CPU-bound, and a VM under TCG on a busy host has
 	// taken 28 s to load the programs (about 0.5 s on the host).
-	deadline := time.Now().Add(readyWait)
-	for time.Now().Before(deadline) {
-		select {
-		case <-a.done:
-			t.Fatalf("agent exited with %d before ready:\n%s", a.code, a.logs.String())
-		default:
-		}
-		if resp, err := http.Get("http://" + a.addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := a.WaitReady(readyWait, 50*time.Millisecond); err != nil {
+		a.t.Fatal(err)
 	}
-	t.Fatalf("agent not ready in %v:\n%s", readyWait, a.logs.String())
 }
 
 const readyWait = 60 * time.Second
 
 // stop ends the agent gracefully (SIGTERM) and returns its exit code.
 func (a *agentProc) stop() int {
-	select {
-	case <-a.done:
-		return a.code
-	default:
+	code, err := a.Stop(15 * time.Second)
+	if err != nil {
+		a.t.Errorf("%v", err)
 	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(15 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		a.t.Errorf("agent did not stop on SIGTERM in 15s")
-	}
-	return a.code
+	return code
 }
 
 // crash ends the agent with SIGKILL.
-func (a *agentProc) crash() {
-	_ = a.cmd.Process.Kill()
-	<-a.done
-}
+func (a *agentProc) crash() { a.Crash() }
 
 // apiProcess and apiAction are the agent's API types, decoded from JSON.
 type apiProcess = agent.ProcessInfo
 
 func (a *agentProc) processes() []apiProcess {
 	a.t.Helper()
-	var out []apiProcess
-	a.getJSON("/api/v1/processes", &out)
+	out, err := a.Processes()
+	if err != nil {
+		a.t.Fatal(err)
+	}
 	return out
 }
 
@@ -430,21 +384,11 @@ type apiAction = agent.Action
 
 func (a *agentProc) actions() []apiAction {
 	a.t.Helper()
-	var out []apiAction
-	a.getJSON("/api/v1/actions", &out)
-	return out
-}
-
-func (a *agentProc) getJSON(path string, v any) {
-	a.t.Helper()
-	resp, err := http.Get("http://" + a.addr + path)
+	out, err := a.Actions()
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		a.t.Fatalf("%s: %v", path, err)
-	}
+	return out
 }
 
 // metric returns the value of one series of /metrics, by its full name with
@@ -452,44 +396,27 @@ func (a *agentProc) getJSON(path string, v any) {
 // absent.
 func (a *agentProc) metric(series string) float64 {
 	a.t.Helper()
-	for _, line := range strings.Split(a.metricsText(), "\n") {
-		if name, val, ok := strings.Cut(line, " "); ok && name == series {
-			f, err := strconv.ParseFloat(val, 64)
-			if err != nil {
-				a.t.Fatalf("%s: %v", line, err)
-			}
-			return f
-		}
+	m, err := a.Metrics()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if v, ok := m.Value(series); ok {
+		return v
 	}
 	return -1
 }
 
 func (a *agentProc) metricsText() string {
 	a.t.Helper()
-	resp, err := http.Get("http://" + a.addr + "/metrics")
+	text, err := a.MetricsText()
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	return text
 }
 
 // logLines returns the agent's JSON log records whose msg contains msg.
-func (a *agentProc) logLines(msg string) []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(a.logs.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(sc.Bytes(), &rec) == nil {
-			if m, _ := rec["msg"].(string); strings.Contains(m, msg) {
-				out = append(out, rec)
-			}
-		}
-	}
-	return out
-}
+func (a *agentProc) logLines(msg string) []agentproc.Record { return a.Records(msg) }
 
 // eventually polls cond every 20ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -552,16 +479,11 @@ func pidAlive(pid int) bool {
 
 // procState is the state letter of /proc/PID/stat ("" when gone).
 func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.ReadStat("/proc", pid)
 	if err != nil {
 		return ""
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return ""
-	}
-	return s[i+2 : i+3]
+	return string(st.State)
 }
 
 // tool finds a command the test runs (see testtool.Find).

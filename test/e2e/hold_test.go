@@ -124,7 +124,7 @@ rules:
 	resumed = true
 	eventually(t, 5*time.Second, "the expired hold counted", func() bool { return a.metric("overtime_holds_expired_total") == 1 })
 	if len(a.logLines("resumed a process held at exec")) != 1 {
-		t.Fatalf("no log line of the guard's resume:\n%s", a.logs.String())
+		t.Fatalf("no log line of the guard's resume:\n%s", a.Log())
 	}
 	if _, ok := a.process(p.pid); ok {
 		t.Fatalf("the replica (no rule) is tracked")
@@ -162,7 +162,7 @@ func TestHoldPinnedForTheNextAgent(t *testing.T) {
 	a := launchAgent(t, inNode, cfg, "--hold-bound", "30s")
 	a.waitReady()
 	if _, err := os.Stat(pin); err != nil {
-		t.Fatalf("hold record not pinned: %v\n%s", err, a.logs.String())
+		t.Fatalf("hold record not pinned: %v\n%s", err, a.Log())
 	}
 	guards := guardsOf(a.cmd.Process.Pid)
 	if len(guards) != 1 {
@@ -191,7 +191,7 @@ func TestHoldPinnedForTheNextAgent(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "the engine ran", func() bool { _, err := os.Stat(mark); return err == nil })
 	if len(b.logLines("resumed a process an earlier agent left held at exec")) != 1 {
-		t.Fatalf("no log line of the resume:\n%s", b.logs.String())
+		t.Fatalf("no log line of the resume:\n%s", b.Log())
 	}
 	if v := b.metric("overtime_holds_expired_total"); v != 1 {
 		t.Fatalf("overtime_holds_expired_total = %v, want 1", v)

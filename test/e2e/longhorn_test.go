@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"overtime/internal/procstat"
 )
 
 // The pile-up of Longhorn issue #12896, reproduced: a "manager" that every
@@ -64,12 +66,11 @@ func liveEngines(t *testing.T, engine string) (live, zombies int) {
 		if err != nil {
 			continue
 		}
-		s := string(stat)
-		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || close < 0 || s[open+1:close] != "longhorn" || close+2 >= len(s) {
+		st, err := procstat.ParseStat(stat)
+		if err != nil || string(st.Comm) != "longhorn" {
 			continue
 		}
-		switch s[close+2] {
+		switch st.State {
 		case 'Z':
 			zombies++
 			continue

@@ -46,7 +46,7 @@ func TestStartsWithoutTracefs(t *testing.T) {
 	a.waitReady()
 	pid := a.cmd.Process.Pid
 	if len(a.logLines("tracefs was not mounted: mounted it in the agent's own mount namespace")) != 1 {
-		t.Fatalf("no log line of the tracefs mount:\n%s", a.logs.String())
+		t.Fatalf("no log line of the tracefs mount:\n%s", a.Log())
 	}
 	self, _ := os.Readlink("/proc/self/ns/mnt")
 	agentNS, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns/mnt"))
@@ -80,11 +80,11 @@ func TestNoTracefsWithoutCapSysAdmin(t *testing.T) {
 	select {
 	case <-a.done:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("agent still running without tracefs and CAP_SYS_ADMIN:\n%s", a.logs.String())
+		t.Fatalf("agent still running without tracefs and CAP_SYS_ADMIN:\n%s", a.Log())
 	}
-	logs := a.logs.String()
-	if a.code != 1 {
-		t.Fatalf("exit code %d, want 1:\n%s", a.code, logs)
+	logs := a.Log()
+	if a.ExitCode() != 1 {
+		t.Fatalf("exit code %d, want 1:\n%s", a.ExitCode(), logs)
 	}
 	for _, want := range []string{"tracefs is not mounted at /sys/kernel/tracing", "mount -t tracefs tracefs /sys/kernel/tracing"} {
 		if !strings.Contains(logs, want) {
