@@ -2,7 +2,9 @@
 // issue 8: the cost of the agent under an exec storm, a storm of matching
 // processes, kill latency (against a naive 1 s procfs poller), memory per
 // tracked process, start-up time, idle CPU and a mass deadline; and the
-// agent's CPU when 1,000 trees are sampled for stalls (issue 16).
+// agent's CPU when 1,000 trees are sampled for stalls (issue 16); and the
+// getppid rate of the node with one engine tracked against an idle agent
+// (issue 17).
 //
 // It runs as root (`make bench`), starts the real agent binary, and starts
 // every process it measures itself, inside a cgroup of its own
@@ -40,6 +42,7 @@ var targets = []target{
 	{"idle", idle},
 	{"mass", massDeadline},
 	{"stall", stallCost},
+	{"getppid", getppidRatio},
 }
 
 func main() {

@@ -429,7 +429,8 @@ func (t *Tracer) writeConfig() error {
 // happen before they are traced: user space calls EnableFiles, then resumes
 // it.
 
-// FilesEnabled reports whether the file syscall programs are attached.
+// FilesEnabled reports whether the file programs are attached: always with
+// fentry, while EnableFiles holds with the syscall tracepoints.
 func (t *Tracer) FilesEnabled() bool {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
@@ -489,10 +490,16 @@ func (t *Tracer) EnableFiles() error {
 
 // DisableFiles detaches the file syscall programs, unless the kernel tracks
 // a process: one user space tracks, or a candidate whose exec raced with
-// the call. Then they stay attached and it returns false.
+// the call. Then they stay attached and it returns false. With fentry
+// there is nothing to detach: the programs cost the node's other syscalls
+// nothing and report only tracked processes, so they stay attached and it
+// returns true.
 func (t *Tracer) DisableFiles() (bool, error) {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
+	if t.fentry != nil {
+		return true, nil
+	}
 	if !t.filesOn {
 		return true, nil
 	}
