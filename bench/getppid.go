@@ -53,13 +53,17 @@ rules:
 			return m.get(`overtime_tracked_processes{rule="ovt-ppid"}`) == tracked && m.get("overtime_file_tracing") == tracked
 		}
 	}
+	// settle lets the agent finish what a change started (tracking an
+	// exec: its cgroup, pidfds, procfs reads; in tracepoint mode, closing
+	// the links about a second after file tracing went off), the same
+	// time in both phases: on a one-CPU guest that work would run in the
+	// measuring window of one phase only.
+	settle := func() { time.Sleep(2 * time.Second) }
 	idle := func() error {
 		if _, err := a.waitMetric(20*time.Second, tracing(0)); err != nil {
 			return fmt.Errorf("agent not idle: %w", err)
 		}
-		// Tracepoint mode: the links close in the background, about a
-		// second after the agent turned file tracing off.
-		time.Sleep(2 * time.Second)
+		settle()
 		return nil
 	}
 	if err := idle(); err != nil {
@@ -75,6 +79,7 @@ rules:
 		if _, err := a.waitMetric(10*time.Second, tracing(1)); err != nil {
 			return fmt.Errorf("engine not tracked: %w", err)
 		}
+		settle()
 		rt := getppidRate(window)
 		if err := b.r.signal(c, syscall.SIGKILL); err != nil {
 			return err
