@@ -262,6 +262,12 @@ func (c *cell) finish(require bool) {
 		if strings.Contains(b, "(") && !strings.HasPrefix(strings.TrimSpace(b), "binary") {
 			line += "\n    bench: " + b
 		}
+		// A measurement the bench could not make fails the cell (a
+		// missed target is only reported, as in make bench).
+		if strings.HasSuffix(strings.TrimSpace(b), " ERROR") || strings.HasPrefix(b, "bench: ") {
+			c.status = "FAIL"
+			line = strings.Replace(line, " PASS ", " FAIL ", 1)
+		}
 	}
 	c.line = line
 }
