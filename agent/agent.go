@@ -40,6 +40,10 @@ type Options struct {
 	// FilesIdle is how long nothing is tracked before the file tracepoints
 	// are detached (0: DefaultFilesIdle).
 	FilesIdle time.Duration
+	// FileTracingMode is how the kernel side records file changes
+	// ("fentry" or "tracepoint"), exported as overtime_file_tracing_mode
+	// (empty: not exported).
+	FileTracingMode string
 }
 
 // DefaultFilesIdle is Options.FilesIdle's default.
@@ -140,6 +144,9 @@ func New(o Options) *Agent {
 		done:    make(chan struct{}),
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
+	if o.FileTracingMode != "" {
+		a.m.fileTracingMode.WithLabelValues(o.FileTracingMode).Set(1)
+	}
 	o.Registry.MustRegister(&tableCollector{a: a}, scanCollector{src: o.Source})
 	return a
 }

@@ -46,7 +46,9 @@ type Metrics struct {
 	limitHits      *prometheus.CounterVec
 	unconfined     *prometheus.CounterVec
 	fileTracing    prometheus.Gauge
-	buildInfo      *prometheus.GaugeVec
+	// fileTracingMode: 1 for the mode the file programs run in.
+	fileTracingMode *prometheus.GaugeVec
+	buildInfo       *prometheus.GaugeVec
 }
 
 // BuildInfo names the running binary.
@@ -123,8 +125,12 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 		}, []string{"rule"}),
 		fileTracing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "overtime_file_tracing",
-			Help: "1 while the file syscall tracepoints are attached (something is tracked, or a rule cannot be prefiltered), else 0.",
+			Help: "1 while file tracing is on (something is tracked, or a rule cannot be prefiltered), else 0; in tracepoint mode the file syscall tracepoints are attached exactly then, fentry programs stay attached.",
 		}),
+		fileTracingMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "overtime_file_tracing_mode",
+			Help: "1 for how the kernel side records file changes: fentry (on the kernel's file functions, no cost to other syscalls) or tracepoint (the syscall tracepoints, where the kernel refuses fentry).",
+		}, []string{"mode"}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "overtime_build_info",
 			Help: "The running overtime build (value 1).",
@@ -136,7 +142,7 @@ func NewMetrics(reg prometheus.Registerer, bi BuildInfo) *Metrics {
 	m.buildInfo.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
 	reg.MustRegister(m.capped, m.runtime, m.timeouts, m.stalls, m.kills, m.killLatency,
 		m.removedFiles, m.removedBytes, m.cleanupSkipped, m.cleanupErrors,
-		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.fileTracing, m.buildInfo)
+		m.events, m.lost, m.resyncs, m.limitHits, m.unconfined, m.fileTracing, m.fileTracingMode, m.buildInfo)
 	return m
 }
 

@@ -154,7 +154,7 @@ func (b *bench) writeEngines() error {
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{engSleep, engPoll, engMass, engStall} {
+	for _, name := range []string{engSleep, engPoll, engMass, engStall, engPpid} {
 		if err := os.WriteFile(b.engine(name), data, 0o755); err != nil {
 			return err
 		}

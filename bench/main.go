@@ -3,7 +3,8 @@
 // processes, kill latency (against a naive 1 s procfs poller), memory per
 // tracked process, start-up time, idle CPU and a mass deadline; and the
 // agent's CPU when 1,000 trees are sampled for stalls (issue 16); kill
-// latency while other trees' cleanups run (issue 14).
+// latency while other trees' cleanups run (issue 14); and the getppid rate
+// of the node with one engine tracked against an idle agent (issue 17).
 //
 // It runs as root (`make bench`), starts the real agent binary, and starts
 // every process it measures itself, inside a cgroup of its own
@@ -42,6 +43,7 @@ var targets = []target{
 	{"mass", massDeadline},
 	{"stall", stallCost},
 	{"cleanup", killWithCleanup},
+	{"getppid", getppidRatio},
 }
 
 func main() {

@@ -1,6 +1,9 @@
-/* files.h: file provenance for tracked processes. Each syscall's sys_enter
- * stashes its arguments by thread; its sys_exit sends an event when the call
- * succeeded. For an untracked process the cost is one map lookup.
+/* files.h: file provenance for tracked processes, the part shared by the
+ * two ways of hooking the calls: the syscall tracepoints (files_tp.h) and,
+ * where the kernel allows tracing programs, fentry/fexit on the kernel's
+ * file functions (fentry.h). An entry program stashes a call's arguments by
+ * thread; its exit program sends a record when the call succeeded. For an
+ * untracked process the cost is one map lookup.
  *
  * Whether an open created its file is decided in user space from f_mode (the
  * FMODE_CREATED bit is calibrated at start-up, see calibrate.go). */
@@ -61,14 +64,18 @@ static __always_inline struct file *fd_file(long fd)
 	return f;
 }
 
-static __always_inline void read_open_file(struct file_event *e, long fd)
+static __always_inline void read_file(struct file_event *e, struct file *f)
 {
-	struct file *f = fd_file(fd);
-	if (!f)
-		return;
 	e->f_mode = BPF_CORE_READ(f, f_mode);
 	e->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	e->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+}
+
+static __always_inline void read_open_file(struct file_event *e, long fd)
+{
+	struct file *f = fd_file(fd);
+	if (f)
+		read_file(e, f);
 }
 
 /* The directory walk is done in two passes so that every kernel's verifier
@@ -226,16 +233,15 @@ static __always_inline long add_dir(struct file_event *e, __u64 *end, __s32 dirf
 	return len;
 }
 
-static __always_inline int file_exit(struct sys_exit_ctx *ctx)
+/* emit_file sends the record of a file call that succeeded with ret: s
+ * holds its arguments. kpath: s->path is a kernel string (else a user
+ * pointer, read now: the call has returned and it is still the caller's).
+ * f: the struct file an open returned, or 0 to read it from the fd table
+ * (fd ret). kpath and f are constants where it is inlined. */
+static __always_inline int emit_file(struct file_stash *sp, __u32 tgid, __u32 tid, long ret,
+				     struct file *f, const int kpath)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct file_stash *sp = bpf_map_lookup_elem(&file_stash, &id);
-	if (!sp)
-		return 0;
 	struct file_stash s = *sp;
-	/* Always clean the stash, failed call or not. */
-	bpf_map_delete_elem(&file_stash, &id);
-	long ret = ctx->ret;
 	if (ret < 0)
 		return 0;
 
@@ -243,9 +249,9 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	if (!buf)
 		return 0;
 	struct file_event *e = &buf->file;
-	fill_hdr(&e->hdr, EV_FILE, id >> 32);
+	fill_hdr(&e->hdr, EV_FILE, tgid);
 	e->hdr.op = s.op;
-	e->hdr.tid = (__u32)id;
+	e->hdr.tid = tid;
 	e->flags = s.flags;
 	e->f_mode = 0;
 	e->dirfd = s.dirfd;
@@ -256,7 +262,11 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	/* A full buffer may be an exact fit or a longer path: the bound is
 	 * conservative, a 511-byte path is reported as truncated. */
 	__u32 plen = 0, p2len = 0;
-	long n = bpf_probe_read_user_str(e->data, PATH_MAX_LEN, (void *)s.path);
+	long n;
+	if (kpath)
+		n = bpf_probe_read_kernel_str(e->data, PATH_MAX_LEN, (void *)s.path);
+	else
+		n = bpf_probe_read_user_str(e->data, PATH_MAX_LEN, (void *)s.path);
 	if (n > 0) {
 		plen = (n - 1) & (PATH_MAX_LEN - 1);
 		if (n == PATH_MAX_LEN)
@@ -273,7 +283,9 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	}
 	e->path_len = plen;
 	e->path2_len = p2len;
-	if (s.op == OP_OPEN)
+	if (f)
+		read_file(e, f);
+	else if (s.op == OP_OPEN)
 		read_open_file(e, ret);
 
 	/* The directories relative paths start from, read now: user space
@@ -304,120 +316,16 @@ static __always_inline int file_exit(struct sys_exit_ctx *ctx)
 	return 0;
 }
 
-#define ARG(i) (ctx->args[i])
-
-/* One program for the exit of every syscall below: user space attaches it
- * to sys_exit_X for each sys_enter_X program. */
-SEC("tracepoint/syscalls/sys_exit")
-int tp_exit_file(struct sys_exit_ctx *ctx)
+/* file_exit ends a call whose arguments an entry program stashed: it sends
+ * its record if the call succeeded (ret >= 0) and always drops the stash. */
+static __always_inline int file_exit(long ret)
 {
-	return file_exit(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat")
-int tp_enter_openat(struct sys_enter_ctx *ctx)
-{
-	__u32 flags = ARG(2);
-	if (!(flags & O_CREAT))
+	__u64 id = bpf_get_current_pid_tgid();
+	struct file_stash *sp = bpf_map_lookup_elem(&file_stash, &id);
+	if (!sp)
 		return 0;
-	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, flags);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int tp_enter_openat2(struct sys_enter_ctx *ctx)
-{
-	__u64 flags = 0; /* struct open_how starts with __u64 flags */
-	if (bpf_probe_read_user(&flags, sizeof(flags), (void *)ARG(2)))
-		return 0;
-	if (!(flags & O_CREAT))
-		return 0;
-	return stash(OP_OPEN, ARG(0), ARG(1), AT_FDCWD, 0, (__u32)flags);
-}
-
-SEC("tracepoint/syscalls/sys_enter_open")
-int tp_enter_open(struct sys_enter_ctx *ctx)
-{
-	__u32 flags = ARG(1);
-	if (!(flags & O_CREAT))
-		return 0;
-	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, flags);
-}
-
-SEC("tracepoint/syscalls/sys_enter_creat")
-int tp_enter_creat(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_OPEN, AT_FDCWD, ARG(0), AT_FDCWD, 0, O_CREAT | O_WRONLY | O_TRUNC);
-}
-
-SEC("tracepoint/syscalls/sys_enter_mkdirat")
-int tp_enter_mkdirat(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_MKDIR, ARG(0), ARG(1), AT_FDCWD, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_mkdir")
-int tp_enter_mkdir(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_MKDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_symlinkat")
-int tp_enter_symlinkat(struct sys_enter_ctx *ctx)
-{
-	/* symlinkat(target, newdfd, linkpath) */
-	return stash(OP_SYMLINK, ARG(1), ARG(2), AT_FDCWD, ARG(0), 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_symlink")
-int tp_enter_symlink(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_SYMLINK, AT_FDCWD, ARG(1), AT_FDCWD, ARG(0), 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_linkat")
-int tp_enter_linkat(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_LINK, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
-}
-
-SEC("tracepoint/syscalls/sys_enter_link")
-int tp_enter_link(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_LINK, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat2")
-int tp_enter_renameat2(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), ARG(4));
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat")
-int tp_enter_renameat(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_RENAME, ARG(0), ARG(1), ARG(2), ARG(3), 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_rename")
-int tp_enter_rename(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_RENAME, AT_FDCWD, ARG(0), AT_FDCWD, ARG(1), 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_unlinkat")
-int tp_enter_unlinkat(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_UNLINK, ARG(0), ARG(1), AT_FDCWD, 0, ARG(2));
-}
-
-SEC("tracepoint/syscalls/sys_enter_unlink")
-int tp_enter_unlink(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_UNLINK, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_rmdir")
-int tp_enter_rmdir(struct sys_enter_ctx *ctx)
-{
-	return stash(OP_RMDIR, AT_FDCWD, ARG(0), AT_FDCWD, 0, 0);
+	struct file_stash s = *sp;
+	/* Always clean the stash, failed call or not. */
+	bpf_map_delete_elem(&file_stash, &id);
+	return emit_file(&s, id >> 32, (__u32)id, ret, 0, 0);
 }

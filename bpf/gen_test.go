@@ -4,6 +4,7 @@ package bpf
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,26 +31,33 @@ func TestGeneratedUpToDate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var args []string
+	var lines [][]string
 	for _, line := range strings.Split(string(src), "\n") {
 		if rest, ok := strings.CutPrefix(line, "//go:generate go tool bpf2go "); ok {
-			args, err = splitArgs(rest)
+			args, err := splitArgs(rest)
 			if err != nil {
 				t.Fatal(err)
 			}
+			lines = append(lines, args)
 		}
 	}
-	if args == nil {
+	if lines == nil {
 		t.Fatal("no go:generate bpf2go line in gen.go")
 	}
 	out := t.TempDir()
-	// Run from this directory, as go generate does, so debug paths match.
-	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", out}, args...)...)
-	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("bpf2go: %v\n%s", err, b)
+	var files []string
+	for _, args := range lines {
+		// Run from this directory, as go generate does, so debug paths match.
+		cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", out}, args...)...)
+		cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("bpf2go: %v\n%s", err, b)
+		}
+		// The identifier is the next to last argument: IDENT SOURCE.
+		ident := args[len(args)-2]
+		files = append(files, ident+"_bpfel.go", ident+"_bpfel.o")
 	}
-	for _, f := range []string{"overtime_bpfel.go", "overtime_bpfel.o"} {
+	for _, f := range files {
 		want, err := os.ReadFile(filepath.Join(out, f))
 		if err != nil {
 			t.Fatal(err)
@@ -102,8 +110,14 @@ func TestNoAtomicsPast510(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	fspec, err := loadFentry()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := 0
-	for name, p := range spec.Programs {
+	progs := maps.Clone(spec.Programs)
+	maps.Copy(progs, fspec.Programs)
+	for name, p := range progs {
 		for i, ins := range p.Instructions {
 			if ins.OpCode.Class() != asm.StXClass || ins.OpCode.Mode() != asm.AtomicMode {
 				continue
@@ -114,5 +128,5 @@ func TestNoAtomicsPast510(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d programs, %d XADD instructions", len(spec.Programs), n)
+	t.Logf("%d programs, %d XADD instructions", len(progs), n)
 }

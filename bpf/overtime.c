@@ -7,6 +7,6 @@
 #include "exec.h"
 #include "fork.h"
 #include "exit.h"
-#include "files.h"
+#include "files_tp.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -34,6 +34,11 @@ type Options struct {
 	// RingBufferSize is the size in bytes of the events ring buffer: a power
 	// of two and a multiple of the page size. 0 means DefaultRingBufferSize.
 	RingBufferSize int
+	// FileTracing is how file changes are hooked: "" or FileTracingAuto
+	// tries fentry and falls back to the syscall tracepoints (FileTracing
+	// and FentryUnavailable then say which and why); FileTracingFentry
+	// fails when fentry does not load; FileTracingTracepoint never tries.
+	FileTracing FileTracing
 }
 
 // Tracer owns the loaded programs, their links and maps, and the reader of
@@ -44,6 +49,11 @@ type Tracer struct {
 	links  []link.Link
 	rd     *ringbuf.Reader
 	rawRec ringbuf.Record
+
+	// The file programs on fentry/fexit, attached from Load to Close, or
+	// nil: then the syscall tracepoints below. fentryErr: why not fentry.
+	fentry    *fentrySet
+	fentryErr error
 
 	// The file syscall programs, attached only while they are needed (see
 	// EnableFiles). fmu guards them and the config map.
@@ -118,6 +128,13 @@ func Load(opts Options) (*Tracer, error) {
 	if err := validRingSize(size); err != nil {
 		return nil, err
 	}
+	mode := opts.FileTracing
+	if mode == "" {
+		mode = FileTracingAuto
+	}
+	if _, err := ParseFileTracing(string(mode)); err != nil {
+		return nil, err
+	}
 	if err := probe(); err != nil {
 		return nil, err
 	}
@@ -141,6 +158,22 @@ func Load(opts Options) (*Tracer, error) {
 			return nil, fmt.Errorf("load BPF programs: %+v", ve)
 		}
 		return nil, fmt.Errorf("load BPF programs: %w", err)
+	}
+	if mode != FileTracingTracepoint {
+		t.fentry, t.fentryErr = t.loadFentry(size)
+		if t.fentryErr != nil && mode == FileTracingFentry {
+			err := fmt.Errorf("file tracing on fentry: %w", t.fentryErr)
+			t.Close()
+			return nil, err
+		}
+		if t.fentry != nil {
+			// Attached for good: a new candidate is never held for them.
+			t.filesOn = true
+			if err := t.writeConfig(); err != nil {
+				t.Close()
+				return nil, err
+			}
+		}
 	}
 	if err := t.attach(spec); err != nil {
 		t.Close()
@@ -176,6 +209,10 @@ type fileHook struct {
 func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 	progs := t.programs()
 	t.sets[0] = &fileSet{}
+	if t.fentry != nil {
+		// The syscall programs are loaded (one object) but never attached.
+		return t.attachProcess(spec, progs)
+	}
 	spare := spec.Copy()
 	for name, ps := range spare.Programs {
 		if !strings.HasPrefix(ps.SectionName, "tracepoint/syscalls/") {
@@ -198,6 +235,12 @@ func (t *Tracer) attach(spec *ebpf.CollectionSpec) error {
 	for name, prog := range coll.Programs {
 		t.sets[1].add(name, strings.TrimPrefix(spare.Programs[name].SectionName, "tracepoint/syscalls/"), prog)
 	}
+	return t.attachProcess(spec, progs)
+}
+
+// attachProcess attaches the process programs where their sections say and
+// puts the file syscall programs in the first set.
+func (t *Tracer) attachProcess(spec *ebpf.CollectionSpec, progs map[string]*ebpf.Program) error {
 	for name, ps := range spec.Programs {
 		prog := progs[name]
 		if prog == nil {
@@ -386,14 +429,16 @@ func (t *Tracer) writeConfig() error {
 // happen before they are traced: user space calls EnableFiles, then resumes
 // it.
 
-// FilesEnabled reports whether the file syscall programs are attached.
+// FilesEnabled reports whether the file programs are attached: always with
+// fentry, while EnableFiles holds with the syscall tracepoints.
 func (t *Tracer) FilesEnabled() bool {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
 	return t.filesOn
 }
 
-// EnableFiles attaches the file syscall programs (a no-op when they are).
+// EnableFiles attaches the file syscall programs (a no-op when they are,
+// and with fentry, whose programs are attached from Load to Close).
 func (t *Tracer) EnableFiles() error {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
@@ -445,10 +490,16 @@ func (t *Tracer) EnableFiles() error {
 
 // DisableFiles detaches the file syscall programs, unless the kernel tracks
 // a process: one user space tracks, or a candidate whose exec raced with
-// the call. Then they stay attached and it returns false.
+// the call. Then they stay attached and it returns false. With fentry
+// there is nothing to detach: the programs cost the node's other syscalls
+// nothing and report only tracked processes, so they stay attached and it
+// returns true.
 func (t *Tracer) DisableFiles() (bool, error) {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
+	if t.fentry != nil {
+		return true, nil
+	}
 	if !t.filesOn {
 		return true, nil
 	}
@@ -682,6 +733,9 @@ func (t *Tracer) Close() error {
 		errs = append(errs, t.detachErr)
 		t.fmu.Unlock()
 		errs = append(errs, closeLinks(links))
+		if t.fentry != nil {
+			errs = append(errs, t.fentry.close())
+		}
 		if t.spare != nil {
 			t.spare.Close()
 		}

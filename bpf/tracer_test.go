@@ -523,11 +523,13 @@ func TestMultithreadedExitOnce(t *testing.T) {
 	}
 }
 
-func TestCalibrateAndFiles(t *testing.T) {
+func TestCalibrateAndFiles(t *testing.T) { forEachFileTracing(t, testCalibrateAndFiles) }
+
+func testCalibrateAndFiles(t *testing.T, mode FileTracing) {
 	var mask uint32
 	var calErr error
 	var filesAfter bool
-	h := newHarnessWith(t, Options{}, func(tr *Tracer) {
+	h := newHarnessWith(t, Options{FileTracing: mode}, func(tr *Tracer) {
 		// Calibrate runs before the consumer, as documented; it attaches
 		// the file programs and leaves them attached.
 		mask, calErr = tr.Calibrate(t.TempDir())
@@ -658,8 +660,10 @@ func TestCalibrateAndFiles(t *testing.T) {
 // returns: the cwd (across a mount point, and the root itself) and a
 // dirfd's directory, right whatever the process did before the record was
 // read.
-func TestFileDirs(t *testing.T) {
-	h := newHarness(t, Options{})
+func TestFileDirs(t *testing.T) { forEachFileTracing(t, testFileDirs) }
+
+func testFileDirs(t *testing.T, mode FileTracing) {
+	h := newHarness(t, Options{FileTracing: mode})
 	dir := t.TempDir()
 	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
 	mnt := filepath.Join(dir, "mnt")
@@ -728,8 +732,10 @@ func TestFileDirs(t *testing.T) {
 // a directory of DirMax - 1 bytes ("/a/b" is 4) or of 31 steps (names and
 // mount crossings) is read; one byte or one step more is not, and is left
 // to user space.
-func TestFileDirLimits(t *testing.T) {
-	h := newHarness(t, Options{})
+func TestFileDirLimits(t *testing.T) { forEachFileTracing(t, testFileDirLimits) }
+
+func testFileDirLimits(t *testing.T, mode FileTracing) {
+	h := newHarness(t, Options{FileTracing: mode})
 	mnt := filepath.Join(t.TempDir(), "m")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
@@ -813,12 +819,14 @@ func TestFileDirLimits(t *testing.T) {
 	check(filepath.Join(dir, "d"), false)
 }
 
-func TestLostCounter(t *testing.T) {
+func TestLostCounter(t *testing.T) { forEachFileTracing(t, testLostCounter) }
+
+func testLostCounter(t *testing.T, mode FileTracing) {
 	needRoot(t)
 	// No reader while the burst runs: one page of ring buffer holds about
 	// fifty short file records (each takes its real length, 8-aligned,
 	// plus an 8-byte header).
-	tr, err := Load(Options{RingBufferSize: os.Getpagesize()})
+	tr, err := Load(Options{RingBufferSize: os.Getpagesize(), FileTracing: mode})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -968,7 +976,7 @@ func TestLoadWithoutBTF(t *testing.T) {
 // tracks a process, and afterwards a tracked process's files go unreported
 // and candidates are held again.
 func TestFilesOnDemand(t *testing.T) {
-	h := newHarnessWith(t, Options{}, nil)
+	h := newHarnessWith(t, Options{FileTracing: FileTracingTracepoint}, nil)
 	if h.tr.FilesEnabled() {
 		t.Fatal("file programs attached at Load")
 	}
@@ -1061,7 +1069,7 @@ func BenchmarkFilesAttach(b *testing.B) {
 	if os.Geteuid() != 0 {
 		testtool.Skip(b, "needs root to load BPF programs")
 	}
-	tr, err := Load(Options{})
+	tr, err := Load(Options{FileTracing: FileTracingTracepoint})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -1092,7 +1100,7 @@ func BenchmarkFilesAttach(b *testing.B) {
 // second set of programs: at once, and every file change is reported
 // exactly once while both sets' programs run.
 func TestFilesReattachWhileDetaching(t *testing.T) {
-	h := newHarness(t, Options{})
+	h := newHarness(t, Options{FileTracing: FileTracingTracepoint})
 	dir := t.TempDir()
 	for round := range 3 {
 		if off, err := h.tr.DisableFiles(); !off || err != nil {
@@ -1161,7 +1169,7 @@ func TestTrackOfAReapedCandidateAddsNothing(t *testing.T) {
 // programs are detached: an interactive shell would take the stop for ^Z.
 // One without a terminal is (TestFilesOnDemand).
 func TestNoHoldWithAControllingTerminal(t *testing.T) {
-	h := newHarnessWith(t, Options{}, nil)
+	h := newHarnessWith(t, Options{FileTracing: FileTracingTracepoint}, nil)
 	dir := t.TempDir()
 	sh := copyBinary(t, "/bin/sh", dir, "ovtest-sh")
 	if err := h.tr.SetFilter([]string{"ovtest-sh"}, false, nil); err != nil {

@@ -30,6 +30,7 @@ type runFlags struct {
 	ringBuffer                                int
 	pprof                                     bool
 	filesIdle, holdBound                      time.Duration
+	fileTracing                               string
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +45,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.ringBuffer, "ring-buffer-size", bpf.DefaultRingBufferSize, "size of the kernel event ring buffer in bytes (a power of two, at least 4096)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on the listen address (for profiling)")
 	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
+	fs.StringVar(&f.fileTracing, "file-tracing", "auto", "how file changes are recorded: auto (fentry where the kernel allows it, else the syscall tracepoints), fentry or tracepoint")
 	fs.DurationVar(&f.holdBound, "hold-bound", DefaultHoldBound, "resume a process the kernel stopped at exec after this long, even when the agent is down (up to 10s while the agent is attaching the file tracepoints for it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -63,6 +65,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if f.holdBound <= 0 {
 		fmt.Fprintf(stderr, "overtime run: --hold-bound %v: must be greater than 0\n", f.holdBound)
+		return exitUsage
+	}
+	if _, err := bpf.ParseFileTracing(f.fileTracing); err != nil {
+		fmt.Fprintf(stderr, "overtime run: --file-tracing: %v\n", err)
 		return exitUsage
 	}
 	if f.filesIdle <= 0 {
@@ -146,11 +152,17 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	if err != nil {
 		return err
 	}
-	tracer, err := bpf.Load(bpf.Options{RingBufferSize: f.ringBuffer})
+	fileTracing, _ := bpf.ParseFileTracing(f.fileTracing) // checked in cmdRun
+	tracer, err := bpf.Load(bpf.Options{RingBufferSize: f.ringBuffer, FileTracing: fileTracing})
 	if err != nil {
 		return fmt.Errorf("eBPF: %w", err)
 	}
 	defer tracer.Close()
+	if why := tracer.FentryUnavailable(); why != nil {
+		log.Info("file tracing on the syscall tracepoints: fentry is not available here", "file_tracing", string(tracer.FileTracing()), "why", why)
+	} else {
+		log.Info("file tracing", "file_tracing", string(tracer.FileTracing()))
+	}
 	// Before any process can be held at exec: the hold record on the
 	// node's bpffs (what an earlier agent left there is resumed), then the
 	// guard.
@@ -168,6 +180,7 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	a := agent.New(agent.Options{
 		Config: cfg, Source: src, Enforcer: enf, Progress: procfs, Unmounter: enf, Clock: collector.BootClock{},
 		Logger: log, Registry: reg, Build: buildInfo(), FilesIdle: f.filesIdle,
+		FileTracingMode: string(tracer.FileTracing()),
 	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -56,7 +56,7 @@ func (c *cell) key() string { return c.k.name + "/" + c.layout }
 
 func main() {
 	home, _ := os.UserHomeDir()
-	setName := flag.String("set", "smoke", "test set: smoke, full, or bpf (the full set's eBPF tracer tests alone)")
+	setName := flag.String("set", "smoke", "test set: smoke, full, bpf (the full set's eBPF tracer tests alone) or perf (the bench's getppid target)")
 	cache := flag.String("cache", filepath.Join(home, ".cache", "overtime-vm"), "where kernels and builds are kept")
 	jobs := flag.Int("j", max(1, runtime.NumCPU()), "cells run at once (each VM has one CPU)")
 	only := flag.String("only", "", "run only cells matching KERNEL/LAYOUT globs, comma-separated (e.g. 6.1/v2,5.10/*)")
@@ -65,7 +65,7 @@ func main() {
 	flag.Parse()
 	set, ok := sets[*setName]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke, full or bpf\n", *setName)
+		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke, full, bpf or perf\n", *setName)
 		os.Exit(2)
 	}
 	require := os.Getenv("OVERTIME_REQUIRE_TOOLS") != ""
@@ -256,6 +256,18 @@ func (c *cell) finish(require bool) {
 	}
 	if len(skips) > 0 {
 		line += "; skipped: " + strings.Join(skips, "; ")
+	}
+	for _, b := range r.bench {
+		// The figures and the errors; not the banner.
+		if strings.Contains(b, "(") && !strings.HasPrefix(strings.TrimSpace(b), "binary") {
+			line += "\n    bench: " + b
+		}
+		// A measurement the bench could not make fails the cell (a
+		// missed target is only reported, as in make bench).
+		if strings.HasSuffix(strings.TrimSpace(b), " ERROR") || strings.HasPrefix(b, "bench: ") {
+			c.status = "FAIL"
+			line = strings.Replace(line, " PASS ", " FAIL ", 1)
+		}
 	}
 	c.line = line
 }

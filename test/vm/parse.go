@@ -31,6 +31,7 @@ type cellResult struct {
 	started       bool
 	refused       string
 	pkgs          []*pkgResult
+	bench         []string // the bench's output lines (the perf set)
 	done          bool
 }
 
@@ -68,6 +69,8 @@ func parseResults(out []byte, test2json func(pkg string, raw []byte) ([]byte, er
 			c.mounts = append(c.mounts, rest)
 		case "NOTE":
 			c.notes = append(c.notes, rest)
+		case "BENCH":
+			c.bench = append(c.bench, rest)
 		case "STARTED":
 			c.started = true
 		case "REFUSED":

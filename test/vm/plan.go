@@ -6,6 +6,11 @@ import (
 	"time"
 )
 
+// benchPkg is the package of the bench command (bench/): a plan line for it
+// runs the bench binary against the guest's agent, its run field the
+// bench's -only targets; its lines are reported as they are.
+const benchPkg = "bench"
+
 // testRun is one test binary run in a guest.
 type testRun struct {
 	pkg     string // import path below the module: bpf, enforcer, test/e2e
@@ -59,6 +64,17 @@ var sets = map[string]testSet{
 			{"test/e2e", "e2e.test", true, "^(" + e2eCore + "|" + e2eFiles + "|" + e2eMore + ")$", "^$", "30m"},
 		},
 		cellTimeout: 50 * time.Minute,
+	},
+	// The getppid target of the bench (bench/getppid.go) against the
+	// guest's agent, with the test of the file tracing mode: what a
+	// tracked engine costs the node's syscalls on each kernel.
+	"perf": {
+		name: "perf",
+		runs: []testRun{
+			{"bpf", "bpf.test", true, "^TestFileTracingMode$", "^$", "5m"},
+			{benchPkg, "bench", true, "getppid", "-", "10m"},
+		},
+		cellTimeout: 20 * time.Minute,
 	},
 	// The full set's eBPF tracer tests alone: for a change to the
 	// programs, every verifier of the matrix in a few minutes.
