@@ -363,7 +363,8 @@ func (a *agentProc) waitReady() {
 	// A bound on waiting, not a start-up target (bench/ measures that):
 	// the eBPF verifier is CPU-bound, and a VM under TCG on a busy host has
 	// taken 28 s to load the programs (about 0.5 s on the host).
-	deadline := time.Now().Add(readyWait)
+	wait := scaled(readyWait)
+	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		select {
 		case <-a.done:
@@ -378,10 +379,18 @@ func (a *agentProc) waitReady() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("agent not ready in %v:\n%s", readyWait, a.logs.String())
+	t.Fatalf("agent not ready in %v:\n%s", wait, a.logs.String())
 }
 
 const readyWait = 60 * time.Second
+
+// scaled is a time budget of a test stretched by the run's time scale
+// (testtool.TimeScaleEnv; 1 on a host, more in the VM runner's guests,
+// where CPU-bound work is many times slower): the wait for work that takes
+// CPU (processes to run, the agent to start or act), and every rule
+// deadline and window of time that such work must fit in. What a test
+// asserts stays the same; on a host nothing changes.
+func scaled(d time.Duration) time.Duration { return testtool.Scaled(d) }
 
 // stop ends the agent gracefully (SIGTERM) and returns its exit code.
 func (a *agentProc) stop() int {
@@ -393,10 +402,10 @@ func (a *agentProc) stop() int {
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-a.done:
-	case <-time.After(15 * time.Second):
+	case <-time.After(scaled(15 * time.Second)):
 		_ = a.cmd.Process.Kill()
 		<-a.done
-		a.t.Errorf("agent did not stop on SIGTERM in 15s")
+		a.t.Errorf("agent did not stop on SIGTERM in %v", scaled(15*time.Second))
 	}
 	return a.code
 }

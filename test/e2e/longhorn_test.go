@@ -119,8 +119,8 @@ func TestLonghornPileUp(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	withoutLive, withoutZombies := liveEngines(t, engineBin)
 	cgA.kill(cgA.dir)
-	mA.waitDone(5 * time.Second)
-	eventually(t, 15*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
+	mA.waitDone(scaled(5 * time.Second))
+	eventually(t, scaled(15*time.Second), "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
 	t.Logf("without overtime, after 3s: %d live longhorn engines, %d zombies", withoutLive, withoutZombies)
 	if withoutLive < 20 {
 		t.Fatalf("the reproduction did not pile up: %d live after 3s", withoutLive)
@@ -162,7 +162,7 @@ func TestLonghornPileUp(t *testing.T) {
 	if v := a.metric(`overtime_timeouts_total{rule="longhorn"}`); v < 2 {
 		t.Fatalf("timeouts_total = %v: hung engines not ended at their deadline", v)
 	}
-	eventually(t, 15*time.Second, "zombies counted", func() bool {
+	eventually(t, scaled(15*time.Second), "zombies counted", func() bool {
 		return a.metric(`overtime_zombie_processes{rule="longhorn"}`) >= 10
 	})
 	zombieSeen := false
