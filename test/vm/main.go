@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -62,12 +63,29 @@ func main() {
 	only := flag.String("only", "", "run only cells matching KERNEL/LAYOUT globs, comma-separated (e.g. 6.1/v2,5.10/*)")
 	readme := flag.String("readme", "", "write the kernel × cgroup table into this README between its vm-matrix markers")
 	mem := flag.String("m", "1536", "guest memory (MiB)")
+	runOnly := flag.String("run", "", "run only the set's tests matching this regexp (-test.run in every package; no spaces), e.g. to re-run the failures of a cell")
 	scale := flag.Float64("time-scale", defaultTimeScale, "factor the guests' tests stretch their time budgets by (OVERTIME_TIME_SCALE): CPU-bound work is many times slower under TCG")
 	flag.Parse()
 	set, ok := sets[*setName]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke, full or bpf\n", *setName)
 		os.Exit(2)
+	}
+	if *runOnly != "" {
+		if _, err := regexp.Compile(*runOnly); err != nil || strings.ContainsAny(*runOnly, " \t\n") {
+			fmt.Fprintf(os.Stderr, "vm: -run %q: want a regexp without spaces (%v)\n", *runOnly, err)
+			os.Exit(2)
+		}
+		// The guests read the plan of their set from the initramfs.
+		set.runs = slices.Clone(set.runs)
+		for i := range set.runs {
+			set.runs[i].run = *runOnly
+		}
+		sets[set.name] = set
+		if *readme != "" {
+			fmt.Fprintln(os.Stderr, "vm: -run with -readme: the table is of whole sets")
+			os.Exit(2)
+		}
 	}
 	require := os.Getenv("OVERTIME_REQUIRE_TOOLS") != ""
 	logf := func(f string, a ...any) { fmt.Printf("vm: "+f+"\n", a...) }
