@@ -349,6 +349,11 @@ func TestParseCgroupFile(t *testing.T) {
 func TestReusedPIDNeverSignalled(t *testing.T) {
 	needRoot(t)
 	if os.Getenv(inPIDNamespace) == "" {
+		if v2Mount == "" {
+			// As newParent would inside: the run there would skip, and
+			// a skip there is no pass here.
+			t.Skip("no cgroup v2 mount (pure v1)")
+		}
 		runInPIDNamespace(t)
 		return
 	}

@@ -17,16 +17,16 @@ func TestCapEndsTheNewerAtExec(t *testing.T) {
 	// Each run notes its PID as its first act.
 	eng := engine(t, dir, "ovt-capped", `echo $$ >> "$0.ran"`+"\nexec sleep 1000")
 	first := cg.start(t, dir, eng)
-	eventually(t, 15*time.Second, "the first engine tracked and running", func() bool {
+	eventually(t, scaled(15*time.Second), "the first engine tracked and running", func() bool {
 		p, ok := a.process(first.pid)
 		return ok && p.State == "running" && len(readPids(eng+".ran")) == 1
 	})
 
 	second := cg.start(t, dir, eng)
-	if !second.waitDone(15 * time.Second) {
+	if !second.waitDone(scaled(15 * time.Second)) {
 		t.Fatalf("the engine past the cap (pid %d) is still alive", second.pid)
 	}
-	eventually(t, 5*time.Second, "capped_total 1", func() bool {
+	eventually(t, scaled(5*time.Second), "capped_total 1", func() bool {
 		return a.metric(`overtime_capped_total{rule="ovt-capped"}`) == 1
 	})
 	if ran := readPids(eng + ".ran"); len(ran) != 1 || ran[0] != first.pid {

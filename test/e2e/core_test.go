@@ -36,7 +36,7 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 	p := cg.start(t, dir, eng)
 
 	var kids []int
-	eventually(t, 15*time.Second, "the tree tracked with its two children", func() bool {
+	eventually(t, scaled(15*time.Second), "the tree tracked with its two children", func() bool {
 		kids = childPids(p.pid)
 		_, ok := a.process(p.pid)
 		return ok && len(kids) == 2 && len(a.processes()) == 3
@@ -76,7 +76,7 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 	// Running until the deadline; then, within termLate, TERM sent and
 	// ignored: terminating, all alive. Each reading is stamped with when
 	// its request began (running then) or ended (terminating by then).
-	const termLate = 500 * time.Millisecond
+	termLate := scaled(500 * time.Millisecond)
 	for {
 		asked := time.Now()
 		info, ok := a.process(p.pid)
@@ -109,21 +109,22 @@ func TestTreeEndsAtDeadlinePlusGrace(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !p.waitDone(time.Until(deadline.Add(6 * time.Second))) {
-		t.Fatal("the tree's root still alive 4s after deadline + grace")
+	killLate := scaled(4 * time.Second)
+	if !p.waitDone(time.Until(deadline.Add(2*time.Second + killLate))) {
+		t.Fatalf("the tree's root still alive %v after deadline + grace", killLate)
 	}
 	if early := time.Until(deadline.Add(2 * time.Second)); early > 0 {
 		t.Fatalf("root ended %v before deadline + grace", early)
 	}
-	eventually(t, 15*time.Second, "both children dead", func() bool { return !pidAlive(kids[0]) && !pidAlive(kids[1]) })
+	eventually(t, scaled(15*time.Second), "both children dead", func() bool { return !pidAlive(kids[0]) && !pidAlive(kids[1]) })
 	if !neighbour.alive() {
 		t.Fatal("the neighbour in the same cgroup was killed")
 	}
 	if ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("root ended with %v, want SIGKILL", ws)
 	}
-	eventually(t, 15*time.Second, "the tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
-	eventually(t, 15*time.Second, "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
+	eventually(t, scaled(15*time.Second), "the tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
+	eventually(t, scaled(15*time.Second), "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
 	if v := a.metric(`overtime_kills_total{result="ok",rule="ovt-stubborn",signal="SIGKILL"}`); v != 1 {
 		t.Fatalf("kills_total{SIGKILL,ok} = %v", v)
 	}
@@ -191,13 +192,18 @@ func TestRestartKeepsRealDeadline(t *testing.T) {
 	p := cg.start(t, dir, eng)
 	time.Sleep(1500 * time.Millisecond)
 
-	cfg := rule("ovt-early", "12s", "1s", "")
+	// Two starts and a stop of the agent fit before the deadline (the
+	// eBPF verifier's work: scaled).
+	timeout := scaled(12 * time.Second)
+	cfg := rule("ovt-early", timeout.String(), "1s", "")
 	a := startAgent(t, cfg)
 	info, ok := a.process(p.pid)
 	if !ok {
 		t.Fatalf("a process started before the agent was not found; tracked: %+v", a.processes())
 	}
-	if skew := info.StartedAt.Sub(started); skew < -50*time.Millisecond || skew > 100*time.Millisecond {
+	// From the test's clock before the fork to the kernel's start time:
+	// the fork's own time (scaled).
+	if skew := info.StartedAt.Sub(started); skew < -50*time.Millisecond || skew > scaled(100*time.Millisecond) {
 		t.Fatalf("started_at is %v off the real start", skew)
 	}
 	deadline := info.Deadline
@@ -226,12 +232,12 @@ func TestRestartKeepsRealDeadline(t *testing.T) {
 	if d := info.Deadline.Sub(deadline); d < -20*time.Millisecond || d > 20*time.Millisecond {
 		t.Fatalf("restart moved the deadline by %v", d)
 	}
-	if !p.waitDone(15 * time.Second) {
+	if !p.waitDone(scaled(15 * time.Second)) {
 		t.Fatal("not ended after the restart")
 	}
 	// It dies of SIGTERM at the deadline (12s after its real start).
-	if e := time.Since(started); e < 12*time.Second-20*time.Millisecond || e > 13500*time.Millisecond { // starttime has 10ms ticks
-		t.Fatalf("ended %v after its real start, want just after 12s", e)
+	if e := time.Since(started); e < timeout-20*time.Millisecond || e > timeout+scaled(1500*time.Millisecond) { // starttime has 10ms ticks
+		t.Fatalf("ended %v after its real start, want just after %v", e, timeout)
 	}
 }
 
@@ -240,12 +246,14 @@ func TestRestartKeepsRealDeadline(t *testing.T) {
 func TestCrashAdoption(t *testing.T) {
 	cg := newTestCgroup(t)
 	dir := t.TempDir()
-	cfg := rule("ovt-adopt", "8s", "1s", "")
+	// The second agent's start fits before the deadline (scaled).
+	timeout := scaled(8 * time.Second)
+	cfg := rule("ovt-adopt", timeout.String(), "1s", "")
 	a := startAgent(t, cfg)
 	eng := engine(t, dir, "ovt-adopt", "trap '' TERM\nsleep 1000 &\nwait\nwait")
 	started := time.Now()
 	p := cg.start(t, dir, eng)
-	eventually(t, 15*time.Second, "tree tracked", func() bool { return len(a.processes()) == 2 })
+	eventually(t, scaled(15*time.Second), "tree tracked", func() bool { return len(a.processes()) == 2 })
 	tree := cg.children(t)
 	if len(tree) != 1 {
 		t.Fatalf("tree cgroups: %v", tree)
@@ -261,13 +269,13 @@ func TestCrashAdoption(t *testing.T) {
 	if lines := b.logLines("adopted tree"); len(lines) != 1 {
 		t.Fatalf("adoption log lines: %v", lines)
 	}
-	if !p.waitDone(15 * time.Second) {
+	if !p.waitDone(scaled(15 * time.Second)) {
 		t.Fatal("adopted tree not ended")
 	}
-	if e := time.Since(started); e < 9*time.Second {
-		t.Fatalf("ended after %v, before its real deadline + grace", e)
+	if e := time.Since(started); e < timeout+time.Second {
+		t.Fatalf("ended after %v, before its real deadline + grace (%v)", e, timeout+time.Second)
 	}
-	eventually(t, 15*time.Second, "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
+	eventually(t, scaled(15*time.Second), "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
 }
 
 // 2,000 short-lived matching processes leave no trace: every one seen, the
@@ -278,15 +286,15 @@ func TestShortLivedLeaveNoTrace(t *testing.T) {
 	a := startAgent(t, rule("ovt-short", "1h", "1s", ""), "--file-tracing-idle", "1s")
 	eng := engine(t, dir, "ovt-short", "true")
 	loop := cg.start(t, dir, fmt.Sprintf("/bin/sh -c 'i=0; while [ $i -lt 2000 ]; do %s; i=$((i+1)); done'", eng))
-	if !loop.waitDone(2 * time.Minute) {
-		t.Fatal("2000 runs did not finish in 2 minutes")
+	if !loop.waitDone(scaled(2 * time.Minute)) {
+		t.Fatalf("2000 runs did not finish in %v", scaled(2*time.Minute))
 	}
-	eventually(t, 10*time.Second, "2000 execs counted", func() bool {
+	eventually(t, scaled(10*time.Second), "2000 execs counted", func() bool {
 		return a.metric(`overtime_events_total{type="exec"}`) >= 2000
 	})
-	for deadline := time.Now().Add(30 * time.Second); len(a.processes()) != 0; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(scaled(30 * time.Second)); len(a.processes()) != 0; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the table is not empty 30s later: %+v", a.processes())
+			t.Fatalf("the table is not empty %v later: %+v", scaled(30*time.Second), a.processes())
 		}
 	}
 	if lost := a.metric("overtime_events_lost_total"); lost != 0 {
@@ -295,11 +303,11 @@ func TestShortLivedLeaveNoTrace(t *testing.T) {
 	if v := a.metric(`overtime_process_runtime_seconds_count{outcome="exited",rule="ovt-short"}`); v != 2000 {
 		t.Fatalf("runtime observations = %v, want 2000", v)
 	}
-	eventually(t, 15*time.Second, "no tree cgroup left", func() bool { return len(cg.children(t)) == 0 })
+	eventually(t, scaled(15*time.Second), "no tree cgroup left", func() bool { return len(cg.children(t)) == 0 })
 	// Nothing is left tracked in the kernel either (processes that were
 	// reaped before the agent tracked them included): the file
 	// tracepoints are detached once the idle time has passed.
-	eventually(t, 10*time.Second, "file tracing detached", func() bool { return a.metric("overtime_file_tracing") == 0 })
+	eventually(t, scaled(10*time.Second), "file tracing detached", func() bool { return a.metric("overtime_file_tracing") == 0 })
 }
 
 // Bad config: validate and run exit 2, naming file, line and field.
@@ -344,12 +352,14 @@ func TestBadConfigExit2(t *testing.T) {
 func TestCrashMidKill(t *testing.T) {
 	cg := newTestCgroup(t)
 	dir := t.TempDir()
-	cfg := rule("ovt-midkill", "3s", "6s", "")
+	// The second agent's start fits in the grace (scaled).
+	grace := scaled(6 * time.Second)
+	cfg := rule("ovt-midkill", "3s", grace.String(), "")
 	a := startAgent(t, cfg)
 	eng := engine(t, dir, "ovt-midkill", "trap '' TERM\nsleep 1000 &\nwait\nwait")
 	started := time.Now()
 	p := cg.start(t, dir, eng)
-	eventually(t, 15*time.Second, "TERM sent", func() bool {
+	eventually(t, scaled(15*time.Second), "TERM sent", func() bool {
 		info, ok := a.process(p.pid)
 		return ok && info.State == "terminating"
 	})
@@ -359,12 +369,12 @@ func TestCrashMidKill(t *testing.T) {
 	}
 	startAgent(t, cfg)
 	ready := time.Since(started)
-	if !p.waitDone(20 * time.Second) {
+	if !p.waitDone(scaled(20 * time.Second)) {
 		t.Fatal("the adopted tree was not killed")
 	}
-	due := max(9*time.Second, ready)
-	if e := time.Since(started); e < 9*time.Second-20*time.Millisecond || e > due+3*time.Second {
-		t.Fatalf("killed %v after its start, want at deadline + grace (9s; the next agent was ready at %v)", e, ready)
+	due := 3*time.Second + grace
+	if e := time.Since(started); e < due-20*time.Millisecond || e > max(due, ready)+scaled(3*time.Second) {
+		t.Fatalf("killed %v after its start, want at deadline + grace (%v; the next agent was ready at %v)", e, due, ready)
 	}
-	eventually(t, 15*time.Second, "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
+	eventually(t, scaled(15*time.Second), "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
 }

@@ -63,11 +63,11 @@ func (l *launched) closeInput() {
 	}
 }
 
-// runCmd runs argv to completion (at most 60s) in dir with extra
+// runTool runs argv to completion (at most 60s, scaled) in dir with extra
 // environment and returns its combined output.
 func runTool(t *testing.T, dir string, env []string, argv ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), scaled(60*time.Second))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = dir
@@ -178,7 +178,10 @@ func TestCleanupRemovesOnlyWhatTheTreeCreated(t *testing.T) {
 	writeText(t, filepath.Join(in, "target"), "target\n")
 
 	const name = "ovt-files"
-	a := startAgent(t, rule(name, "8s", "1s", fmt.Sprintf("    cleanup:\n      paths: [%q]\n", in+"/**")))
+	// The engine's work and the test's setup fit before the deadline
+	// (scaled).
+	timeout := scaled(8 * time.Second)
+	a := startAgent(t, rule(name, timeout.String(), "1s", fmt.Sprintf("    cleanup:\n      paths: [%q]\n", in+"/**")))
 	// Relative paths (resolved through the process's cwd), builtins of the
 	// root and short-lived children (mkdir, ln, mv) that are gone before
 	// their records are read.
@@ -209,7 +212,7 @@ wait`, in, out))
 	rootMade := []string{in1("new.txt"), in1("dir/f"), in1("renamed"), in1("held"), in1("replaced"), in1("log"),
 		filepath.Join(out, "created"), filepath.Join(out, "ready"), in1("dir"), in1("link"), in1("hard")}
 	var info apiProcess
-	eventually(t, 15*time.Second, "the root's created files in the API", func() bool {
+	eventually(t, scaled(15*time.Second), "the root's created files in the API", func() bool {
 		var ok bool
 		info, ok = a.process(p.pid)
 		return ok && containsAll(info.CreatedFiles, rootMade...)
@@ -240,17 +243,17 @@ wait`, in, out))
 	if err := os.Rename(in1("replaced.new"), in1("replaced")); err != nil {
 		t.Fatal(err)
 	}
-	if e := time.Since(started); e > 7*time.Second {
-		t.Fatalf("setup took %v, too close to the 8s deadline", e)
+	if e := time.Since(started); e > timeout-scaled(time.Second) {
+		t.Fatalf("setup took %v, too close to the %v deadline", e, timeout)
 	}
 
-	if !p.waitDone(15 * time.Second) {
+	if !p.waitDone(scaled(15 * time.Second)) {
 		t.Fatal("the tree was not ended")
 	}
 	if ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
 		t.Fatalf("root ended with %v, want SIGTERM", ws)
 	}
-	eventually(t, 15*time.Second, "cleanup done", func() bool {
+	eventually(t, scaled(15*time.Second), "cleanup done", func() bool {
 		return a.counter(`overtime_cleanup_removed_files_total{rule="ovt-files"}`) == 7 &&
 			a.counter(`overtime_cleanup_skipped_total{reason="not_created",rule="ovt-files"}`) == 2
 	})
@@ -294,7 +297,7 @@ wait`, in, out))
 	if got := a.skips(); !slices.Equal(got, want) {
 		t.Errorf("skip actions = %q, want %q", got, want)
 	}
-	eventually(t, 15*time.Second, "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
+	eventually(t, scaled(15*time.Second), "tree cgroup removed", func() bool { return len(cg.children(t)) == 0 })
 }
 
 // A tree in a mount namespace of its own: the file it created on a tmpfs
@@ -312,14 +315,15 @@ func TestCleanupInTheTreesMountNamespace(t *testing.T) {
 	writeText(t, filepath.Join(mnt, "f"), "node\n")
 
 	const name = "ovt-mntns"
-	a := startAgent(t, rule(name, "2s", "1s", fmt.Sprintf("    cleanup:\n      paths: [%q]\n", mnt+"/*")))
+	// The test looks into the namespace before the deadline (scaled).
+	a := startAgent(t, rule(name, scaled(2*time.Second).String(), "1s", fmt.Sprintf("    cleanup:\n      paths: [%q]\n", mnt+"/*")))
 	// The engine, not the shell before it, creates f: a file made before
 	// the tracked exec is not the tree's.
 	eng := engine(t, dir, name, fmt.Sprintf("echo ns > %s/f\nsleep 1000 &\nwait", mnt))
 	p := cg.start(t, dir, fmt.Sprintf("unshare -m sh -c 'mount -t tmpfs none %s && exec %s'", mnt, eng))
 
 	nsFile := fmt.Sprintf("/proc/%d/root%s/f", p.pid, mnt)
-	eventually(t, 15*time.Second, "the engine's file in its namespace, in created_files", func() bool {
+	eventually(t, scaled(15*time.Second), "the engine's file in its namespace, in created_files", func() bool {
 		b, _ := os.ReadFile(nsFile)
 		info, ok := a.process(p.pid)
 		return string(b) == "ns\n" && ok && slices.Contains(info.CreatedFiles, mnt+"/f")
@@ -342,10 +346,10 @@ func TestCleanupInTheTreesMountNamespace(t *testing.T) {
 		t.Fatalf("the tmpfs leaked into the node's mount namespace (device %#x, %v)", nodeSt.Dev, err)
 	}
 
-	if !p.waitDone(5 * time.Second) {
+	if !p.waitDone(scaled(5 * time.Second)) {
 		t.Fatal("the tree was not ended")
 	}
-	eventually(t, 15*time.Second, "the namespace's file removed", func() bool {
+	eventually(t, scaled(15*time.Second), "the namespace's file removed", func() bool {
 		return a.counter(`overtime_cleanup_removed_files_total{rule="ovt-mntns"}`) == 1
 	})
 	var st unix.Stat_t
@@ -440,9 +444,9 @@ func TestResticLockRemovedAfterKill(t *testing.T) {
 	// it: a lock copied from another repository would not decrypt, and
 	// restic refuses a lock it cannot read.)
 	early := cg.launch(t, dir, env, "restic", "-r", repoA, "backup", "--stdin")
-	planted := waitLocks(t, locksA, 1, 15*time.Second)[0]
+	planted := waitLocks(t, locksA, 1, scaled(15*time.Second))[0]
 	_ = syscall.Kill(early.pid, syscall.SIGKILL)
-	if !early.waitDone(5 * time.Second) {
+	if !early.waitDone(scaled(5 * time.Second)) {
 		t.Fatal("the early restic did not die")
 	}
 	plantedPath := filepath.Join(locksA, planted)
@@ -455,31 +459,34 @@ func TestResticLockRemovedAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a := startAgent(t, `
+	// Both restics lock before the deadline (scaled: restic's start is
+	// CPU-bound).
+	timeout := scaled(10 * time.Second)
+	a := startAgent(t, fmt.Sprintf(`
 mode: enforce
 rules:
   - name: restic
     match: {comm: [restic], args: [backup]}
-    timeout: 10s
+    timeout: %v
     kill: {signal: SIGTERM, grace: 2s}
     cleanup:
       paths: ["**/locks/*"]
-`)
+`, timeout))
 	started := time.Now()
 	pa := cg.launch(t, dir, env, "restic", "-r", repoA, "backup", "--stdin", "--stdin-filename", "a.dump")
 	pb := cg.launch(t, dir, env, "restic", "-r", repoB, "backup", "--stdin", "--stdin-filename", "b.dump")
-	namesA := waitLocks(t, locksA, 2, 8*time.Second)
-	ownB := waitLocks(t, locksB, 1, 8*time.Second)[0]
+	namesA := waitLocks(t, locksA, 2, scaled(8*time.Second))
+	ownB := waitLocks(t, locksB, 1, scaled(8*time.Second))[0]
 	ownA := namesA[0]
 	if ownA == planted {
 		ownA = namesA[1]
 	}
-	if e := time.Since(started); e > 8*time.Second {
-		t.Fatalf("restic took %v to lock, too close to the 10s deadline", e)
+	if e := time.Since(started); e > timeout-scaled(2*time.Second) {
+		t.Fatalf("restic took %v to lock, too close to the %v deadline", e, timeout)
 	}
 	// created_files: restic's own lock (made under a temp name with O_EXCL,
 	// then renamed) and never the planted one.
-	eventually(t, 15*time.Second, "each restic's lock in its created_files", func() bool {
+	eventually(t, scaled(15*time.Second), "each restic's lock in its created_files", func() bool {
 		ia, okA := a.process(pa.pid)
 		ib, okB := a.process(pb.pid)
 		return okA && okB && slices.Contains(ia.CreatedFiles, filepath.Join(locksA, ownA)) &&
@@ -490,7 +497,7 @@ rules:
 	}
 
 	for _, p := range []*launched{pa, pb} {
-		if !p.waitDone(20 * time.Second) {
+		if !p.waitDone(scaled(20 * time.Second)) {
 			t.Fatalf("restic %d not ended at its deadline", p.pid)
 		}
 		// restic 0.14 does not catch SIGTERM: it dies of it, lock left.
@@ -498,7 +505,7 @@ rules:
 			t.Fatalf("restic %d ended with %v, want SIGTERM\n%s", p.pid, ws, p.out.String())
 		}
 	}
-	eventually(t, 15*time.Second, "both locks removed", func() bool {
+	eventually(t, scaled(15*time.Second), "both locks removed", func() bool {
 		return a.counter(`overtime_cleanup_removed_files_total{rule="restic"}`) == 2
 	})
 	if got := listDir(t, locksB); len(got) != 0 {
@@ -571,12 +578,12 @@ func TestBorgLockRemovedAfterKill(t *testing.T) {
 	// Control, before the agent runs: a killed borg's leftovers do block
 	// the next create here.
 	early := cg.launch(t, dir, env, "borg", "create", repo+"::early", "-")
-	eventually(t, 15*time.Second, "the early borg's lock", func() bool {
+	eventually(t, scaled(15*time.Second), "the early borg's lock", func() bool {
 		_, err := os.Stat(filepath.Join(repo, "lock.roster"))
 		return err == nil
 	})
 	_ = syscall.Kill(early.pid, syscall.SIGKILL)
-	if !early.waitDone(5 * time.Second) {
+	if !early.waitDone(scaled(5 * time.Second)) {
 		t.Fatal("the early borg did not die")
 	}
 	if out, err := runTool(t, dir, next, "borg", "create", "--lock-wait", "1", repo+"::control", "/etc/hostname"); err == nil {
@@ -596,7 +603,7 @@ rules:
 `)
 	p := cg.launch(t, dir, env, "borg", "create", repo+"::a", "-")
 	var lockFiles []string
-	eventually(t, 15*time.Second, "borg's locks, in its created_files", func() bool {
+	eventually(t, scaled(15*time.Second), "borg's locks, in its created_files", func() bool {
 		lockFiles, _ = filepath.Glob(filepath.Join(repo, "lock.exclusive", "*"))
 		info, ok := a.process(p.pid)
 		return len(lockFiles) == 1 && ok && containsAll(info.CreatedFiles,
@@ -605,7 +612,7 @@ rules:
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid)); string(b) != "borg\n" {
 		t.Fatalf("borg's comm is %q", b)
 	}
-	if !p.waitDone(20 * time.Second) {
+	if !p.waitDone(scaled(20 * time.Second)) {
 		t.Fatal("borg not ended at its deadline")
 	}
 	if ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
@@ -618,14 +625,14 @@ rules:
 	// directory (lock.exclusive.<random>.tmp) and renaming it into place,
 	// that directory and what it holds.
 	cacheLocks := filepath.Join(dir, "base", ".cache", "borg", "*", "lock.*")
-	eventuallyState(t, 15*time.Second, "borg's locks removed", func() (bool, string) {
+	eventuallyState(t, scaled(15*time.Second), "borg's locks removed", func() (bool, string) {
 		left, _ := filepath.Glob(filepath.Join(repo, "lock.*"))
 		cache, _ := filepath.Glob(cacheLocks)
 		left = append(left, cache...)
 		return len(left) == 0, fmt.Sprintf("left: %v", left)
 	})
 	var removed []string
-	eventuallyState(t, 5*time.Second, "one removal counted per removal logged", func() (bool, string) {
+	eventuallyState(t, scaled(5*time.Second), "one removal counted per removal logged", func() (bool, string) {
 		removed = removed[:0]
 		for _, rec := range a.logLines("removed") {
 			if path, _ := rec["path"].(string); rec["msg"] == "removed" && path != "" {
@@ -696,7 +703,7 @@ rules:
 	eng := engine(t, dir, name, fmt.Sprintf("echo lock > %[1]s/lock\nmkdir %[1]s/d\ncat > /dev/null", in))
 	p := cg.launch(t, dir, nil, eng)
 	var deadline time.Time
-	eventually(t, 15*time.Second, "files created", func() bool {
+	eventually(t, scaled(15*time.Second), "files created", func() bool {
 		info, ok := a.process(p.pid)
 		deadline = info.Deadline
 		return ok && slices.Contains(info.CreatedFiles, in+"/lock")
@@ -708,7 +715,7 @@ rules:
 	skipped := func(sig string) float64 {
 		return a.counter(fmt.Sprintf(`overtime_kills_total{result="skipped_monitor",rule="ovt-monitor",signal=%q}`, sig))
 	}
-	eventually(t, time.Until(deadline.Add(6*time.Second)), "the would-be KILL counted", func() bool { return skipped("SIGKILL") >= 1 })
+	eventually(t, time.Until(deadline.Add(time.Second+scaled(5*time.Second))), "the would-be KILL counted", func() bool { return skipped("SIGKILL") >= 1 })
 	if now := time.Now(); now.Before(deadline.Add(time.Second)) {
 		t.Fatalf("would-be KILL counted %v after the deadline, before deadline + grace (1s)", now.Sub(deadline))
 	}
@@ -728,13 +735,13 @@ rules:
 	}
 
 	p.closeInput()
-	if !p.waitDone(3 * time.Second) {
+	if !p.waitDone(scaled(3 * time.Second)) {
 		t.Fatal("the engine did not exit at the end of its input")
 	}
 	if p.err != nil {
 		t.Fatalf("engine: %v", p.err)
 	}
-	eventually(t, 15*time.Second, "would-be removals reported", func() bool {
+	eventually(t, scaled(15*time.Second), "would-be removals reported", func() bool {
 		return a.counter(`overtime_cleanup_skipped_total{reason="monitor",rule="ovt-monitor"}`) == 2
 	})
 	var would []string
@@ -793,33 +800,33 @@ mode: enforce
 rules:
   - name: ovt-first
     match: {comm: [ovt-first]}
-    timeout: 2s
+    timeout: `+scaled(2*time.Second).String()+`
     kill: {signal: SIGKILL, grace: 1s}
     cleanup: {paths: ["`+locks+`/*"]}
 `, append([]string{"--file-tracing-idle", "1s"}, extra...)...)
 	// Attached by the start-up calibration, detached once idle.
-	eventually(t, 10*time.Second, "file tracing detached after 1s idle at start", func() bool {
+	eventually(t, scaled(10*time.Second), "file tracing detached after 1s idle at start", func() bool {
 		return a.metric("overtime_file_tracing") == 0
 	})
 	eng := engine(t, dir, "ovt-first", `echo $$ > "$1/lock.$$"; exec sleep 1000`)
 	for round := range 2 {
 		p := cg.launch(t, dir, nil, eng, locks)
 		lock := filepath.Join(locks, fmt.Sprintf("lock.%d", p.pid))
-		eventually(t, 5*time.Second, "the first command's lock in created_files", func() bool {
+		eventually(t, scaled(5*time.Second), "the first command's lock in created_files", func() bool {
 			info, ok := a.process(p.pid)
 			return ok && slices.Contains(info.CreatedFiles, lock)
 		})
 		if v := a.metric("overtime_file_tracing"); v != 1 {
 			t.Fatalf("round %d: overtime_file_tracing = %v while tracking", round, v)
 		}
-		if !p.waitDone(10 * time.Second) {
+		if !p.waitDone(scaled(10 * time.Second)) {
 			t.Fatalf("round %d: engine not ended at its deadline", round)
 		}
-		eventually(t, 5*time.Second, "its lock removed", func() bool {
+		eventually(t, scaled(5*time.Second), "its lock removed", func() bool {
 			_, err := os.Lstat(lock)
 			return errors.Is(err, os.ErrNotExist)
 		})
-		eventually(t, 10*time.Second, "file tracing detached after 1s idle", func() bool {
+		eventually(t, scaled(10*time.Second), "file tracing detached after 1s idle", func() bool {
 			return a.metric("overtime_file_tracing") == 0
 		})
 	}

@@ -340,16 +340,24 @@ func (a *agentProc) waitReady() {
 	// A bound on waiting, not a start-up target (bench/ measures that):
 	// the eBPF verifier is CPU-bound, and a VM under TCG on a busy host has
 	// taken 28 s to load the programs (about 0.5 s on the host).
-	if _, err := a.WaitReady(readyWait, 50*time.Millisecond); err != nil {
+	if _, err := a.WaitReady(scaled(readyWait), 50*time.Millisecond); err != nil {
 		a.t.Fatal(err)
 	}
 }
 
 const readyWait = 60 * time.Second
 
+// scaled is a time budget of a test stretched by the run's time scale
+// (testtool.TimeScaleEnv; 1 on a host, more in the VM runner's guests,
+// where CPU-bound work is many times slower): the wait for work that takes
+// CPU (processes to run, the agent to start or act), and every rule
+// deadline and window of time that such work must fit in. What a test
+// asserts stays the same; on a host nothing changes.
+func scaled(d time.Duration) time.Duration { return testtool.Scaled(d) }
+
 // stop ends the agent gracefully (SIGTERM) and returns its exit code.
 func (a *agentProc) stop() int {
-	code, err := a.Stop(15 * time.Second)
+	code, err := a.Stop(scaled(15 * time.Second))
 	if err != nil {
 		a.t.Errorf("%v", err)
 	}

@@ -109,22 +109,28 @@ func TestLonghornPileUp(t *testing.T) {
 	}
 	engineBin = filepath.Join(binDir, "longhorn")
 	manager := compileC(t, dir, "manager", managerC)
+	// The whole story runs on one clock, stretched by the time scale: the
+	// manager's period (each engine's exec, hold, confinement and cap
+	// are CPU work for the node and the agent), the waits, the rule's
+	// timeout and grace, the window watched. The counts asserted are
+	// those of the same story at any scale.
+	period := scaled(100 * time.Millisecond)
 	// The manager's command line; each run notes its engines in its own file.
 	args := func(started string) string {
-		return fmt.Sprintf("env OVT_STARTED=%s %s 100 %s backup inspect 's3://backupbucket@us-east-1/?backup=backup-1&volume=pvc-1'", started, manager, engineBin)
+		return fmt.Sprintf("env OVT_STARTED=%s %s %d %s backup inspect 's3://backupbucket@us-east-1/?backup=backup-1&volume=pvc-1'", started, manager, period.Milliseconds(), engineBin)
 	}
 
 	// Without overtime: the pile-up grows without bound.
 	cgA := newTestCgroup(t)
 	mA := cgA.start(t, dir, args(filepath.Join(dir, "started-a")))
-	time.Sleep(3 * time.Second)
+	time.Sleep(scaled(3 * time.Second))
 	withoutLive, withoutZombies := liveEngines(t, engineBin)
 	cgA.kill(cgA.dir)
-	mA.waitDone(5 * time.Second)
-	eventually(t, 15*time.Second, "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
-	t.Logf("without overtime, after 3s: %d live longhorn engines, %d zombies", withoutLive, withoutZombies)
+	mA.waitDone(scaled(5 * time.Second))
+	eventually(t, scaled(15*time.Second), "manager A's engines gone", func() bool { l, _ := liveEngines(t, engineBin); return l == 0 })
+	t.Logf("without overtime, after %v: %d live longhorn engines, %d zombies", scaled(3*time.Second), withoutLive, withoutZombies)
 	if withoutLive < 20 {
-		t.Fatalf("the reproduction did not pile up: %d live after 3s", withoutLive)
+		t.Fatalf("the reproduction did not pile up: %d live after %v", withoutLive, scaled(3*time.Second))
 	}
 
 	// With overtime: the embedded Longhorn profile, timeout shortened, a cap.
@@ -132,8 +138,9 @@ func TestLonghornPileUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := strings.Replace(string(defaults), "    timeout: 2m\n    max_running: 0\n", "    timeout: 2s\n    max_running: 5\n", 1)
-	cfg = strings.Replace(cfg, "      grace: 10s\n", "      grace: 1s\n", 1)
+	timeout, grace := scaled(2*time.Second), scaled(time.Second)
+	cfg := strings.Replace(string(defaults), "    timeout: 2m\n    max_running: 0\n", fmt.Sprintf("    timeout: %v\n    max_running: 5\n", timeout), 1)
+	cfg = strings.Replace(cfg, "      grace: 10s\n", fmt.Sprintf("      grace: %v\n", grace), 1)
 	if cfg == string(defaults) || !strings.Contains(cfg, "max_running: 5") {
 		t.Fatal("could not shorten the longhorn rule of the defaults")
 	}
@@ -145,7 +152,8 @@ func TestLonghornPileUp(t *testing.T) {
 	// process being killed at its cap passes through the running state
 	// on its way out, but it never ran the engine.
 	maxLive := 0
-	end := time.Now().Add(8 * time.Second)
+	window := scaled(8 * time.Second)
+	end := time.Now().Add(window)
 	for time.Now().Before(end) {
 		if l := ranAndAlive(t, started); l > maxLive {
 			maxLive = l
@@ -153,7 +161,7 @@ func TestLonghornPileUp(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	withLive, withZombies := liveEngines(t, engineBin)
-	t.Logf("with overtime (cap 5, timeout 2s), over 8s: at most %d live engines; at the end %d live, %d zombies", maxLive, withLive, withZombies)
+	t.Logf("with overtime (cap 5, timeout %v), over %v: at most %d live engines; at the end %d live, %d zombies", timeout, window, maxLive, withLive, withZombies)
 	if maxLive > 5 {
 		t.Fatalf("live engines reached %d, over the cap of 5", maxLive)
 	}
@@ -163,7 +171,7 @@ func TestLonghornPileUp(t *testing.T) {
 	if v := a.metric(`overtime_timeouts_total{rule="longhorn"}`); v < 2 {
 		t.Fatalf("timeouts_total = %v: hung engines not ended at their deadline", v)
 	}
-	eventually(t, 15*time.Second, "zombies counted", func() bool {
+	eventually(t, scaled(15*time.Second), "zombies counted", func() bool {
 		return a.metric(`overtime_zombie_processes{rule="longhorn"}`) >= 10
 	})
 	zombieSeen := false

@@ -20,14 +20,14 @@ func TestForkingTreeDiesWhole(t *testing.T) {
 	// ignores TERM: only the cgroup kill ends it.
 	eng := engine(t, dir, "ovt-forker", "trap '' TERM\nwhile :; do (trap '' TERM; sleep 1000) & sleep 0.01; done")
 	p := cg.start(t, dir, eng)
-	eventually(t, 15*time.Second, "tree tracked", func() bool { _, ok := a.process(p.pid); return ok })
-	if !p.waitDone(10 * time.Second) {
+	eventually(t, scaled(15*time.Second), "tree tracked", func() bool { _, ok := a.process(p.pid); return ok })
+	if !p.waitDone(scaled(10 * time.Second)) {
 		t.Fatal("forking tree not ended")
 	}
-	eventually(t, 15*time.Second, "no process of the tree left", func() bool {
+	eventually(t, scaled(15*time.Second), "no process of the tree left", func() bool {
 		return len(pidsOf(t, cg.dir)) == 0 && len(cg.children(t)) == 0
 	})
-	eventually(t, 30*time.Second, "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
+	eventually(t, scaled(30*time.Second), "nothing alive in the table", func() bool { return liveTracked(a) == 0 })
 	// Nothing it forked lives on anywhere: every sleep 1000 forked in the
 	// test dir is gone.
 	if n := countProcsIn(dir); n != 0 {
@@ -42,11 +42,11 @@ func TestStoppedTreeEnds(t *testing.T) {
 	a := startAgent(t, rule("ovt-stopped", "2s", "500ms", ""))
 	eng := engine(t, dir, "ovt-stopped", "sleep 1000 &\nkill -STOP $!\nkill -STOP $$\nwait")
 	p := cg.start(t, dir, eng)
-	eventually(t, 15*time.Second, "tree tracked", func() bool { return len(a.processes()) == 2 })
-	if !p.waitDone(10 * time.Second) {
+	eventually(t, scaled(15*time.Second), "tree tracked", func() bool { return len(a.processes()) == 2 })
+	if !p.waitDone(scaled(10 * time.Second)) {
 		t.Fatal("stopped tree not ended")
 	}
-	eventually(t, 15*time.Second, "tree gone", func() bool { return len(pidsOf(t, cg.dir)) == 0 && liveTracked(a) == 0 })
+	eventually(t, scaled(15*time.Second), "tree gone", func() bool { return len(pidsOf(t, cg.dir)) == 0 && liveTracked(a) == 0 })
 }
 
 // SIGHUP re-reads the config; a bad file keeps the rules in force and says
@@ -64,22 +64,22 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = a.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, 15*time.Second, "bad reload reported", func() bool {
+	eventually(t, scaled(15*time.Second), "bad reload reported", func() bool {
 		lines := a.logLines("config not reloaded")
 		return len(lines) == 1 && strings.Contains(fmt.Sprint(lines[0]["err"]), "rules[0].timeout")
 	})
 	one := cg.start(t, dir, engine(t, dir, "ovt-one", "exec sleep 1000"))
 	_ = one
-	eventually(t, 15*time.Second, "old rule still in force", func() bool { return len(a.processes()) == 1 })
+	eventually(t, scaled(15*time.Second), "old rule still in force", func() bool { return len(a.processes()) == 1 })
 
 	// A good file: the new rule matches new processes.
 	if err := os.WriteFile(cfgPath, []byte(rule("ovt-two", "1h", "1s", "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	_ = a.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, 15*time.Second, "reloaded", func() bool { return len(a.logLines("config reloaded")) == 1 })
+	eventually(t, scaled(15*time.Second), "reloaded", func() bool { return len(a.logLines("config reloaded")) == 1 })
 	two := cg.start(t, dir, engine(t, dir, "ovt-two", "trap 'exit 0' TERM\nsleep 1000 & wait"))
-	eventually(t, 15*time.Second, "new rule matches", func() bool {
+	eventually(t, scaled(15*time.Second), "new rule matches", func() bool {
 		p, ok := a.process(two.pid)
 		return ok && p.Rule == "ovt-two"
 	})
@@ -138,13 +138,13 @@ func TestLostEventsResync(t *testing.T) {
 	// child, each with a 900-byte argument (an exec record carries argv at
 	// its length: three fit in the page): far more than one page holds.
 	cg.start(t, dir, fmt.Sprintf(`/bin/sh -c 'a=$(printf %%0900d 0); i=0; while [ $i -lt 200 ]; do %s "$a" & i=$((i+1)); done; wait'`, eng))
-	eventually(t, 20*time.Second, "events lost and a resync made", func() bool {
+	eventually(t, scaled(20*time.Second), "events lost and a resync made", func() bool {
 		return a.metric("overtime_events_lost_total") > 0 && a.metric("overtime_resyncs_total") > 0
 	})
 	// Every one of the 200 and its child is tracked, whatever was lost.
 	// The 400 processes all run before the agent's last resync reads
 	// them, so the table settles on exactly this, every run.
-	eventuallyState(t, 20*time.Second, "all 200 trees tracked, each root ovt-burst with one child sleep", func() (bool, string) {
+	eventuallyState(t, scaled(20*time.Second), "all 200 trees tracked, each root ovt-burst with one child sleep", func() (bool, string) {
 		roots, kids := 0, 0
 		comms := map[string]int{}
 		byPID := map[int]apiProcess{}

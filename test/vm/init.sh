@@ -18,11 +18,12 @@ ip link set lo up
 out=/dev/ttyS1
 
 set -- $(cat /proc/cmdline)
-layout=v2 set=smoke
+layout=v2 set=smoke scale=1
 for a; do
 	case $a in
 	ovt.cgroup=*) layout=${a#ovt.cgroup=} ;;
 	ovt.set=*) set=${a#ovt.set=} ;;
+	ovt.timescale=*) scale=${a#ovt.timescale=} ;;
 	esac
 done
 
@@ -51,7 +52,7 @@ hybrid)
 	;;
 esac
 
-echo "@@OVT CELL kernel=$(uname -r) cgroup=$layout set=$set" >$out
+echo "@@OVT CELL kernel=$(uname -r) cgroup=$layout set=$set timescale=$scale" >$out
 grep cgroup /proc/mounts | sed 's/^/@@OVT MOUNT /' >$out
 /opt/ovt/probe >$out 2>&1
 
@@ -82,7 +83,10 @@ else
 	printf '@@OVT REFUSED %s ... %s\n' "$(printf '%s' "$log" | cut -c1-800)" "$(printf '%s' "$log" | tail -c 800)" >$out
 fi
 
-export OVERTIME_AGENT_BIN=/opt/ovt/overtime OVERTIME_PREBUILT_DIR=/opt/ovt/cbin OVERTIME_REQUIRE_TOOLS=1
+# The tests stretch their time budgets (and the deadlines that CPU-bound
+# work must fit in) by OVERTIME_TIME_SCALE: CPU work is many times slower
+# under TCG than on a host (internal/testtool.Scaled).
+export OVERTIME_AGENT_BIN=/opt/ovt/overtime OVERTIME_PREBUILT_DIR=/opt/ovt/cbin OVERTIME_REQUIRE_TOOLS=1 OVERTIME_TIME_SCALE=$scale
 # Plan lines: package binary needs-agent run-regexp skip-regexp timeout.
 # needs-agent "agent": run only where the agent starts (it loads the same
 # eBPF programs and drives the same cgroups as the tests).

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -62,11 +63,29 @@ func main() {
 	only := flag.String("only", "", "run only cells matching KERNEL/LAYOUT globs, comma-separated (e.g. 6.1/v2,5.10/*)")
 	readme := flag.String("readme", "", "write the kernel × cgroup table into this README between its vm-matrix markers")
 	mem := flag.String("m", "1536", "guest memory (MiB)")
+	runOnly := flag.String("run", "", "run only the set's tests matching this regexp (-test.run in every package; no spaces), e.g. to re-run the failures of a cell")
+	scale := flag.Float64("time-scale", defaultTimeScale, "factor the guests' tests stretch their time budgets by (OVERTIME_TIME_SCALE): CPU-bound work is many times slower under TCG")
 	flag.Parse()
 	set, ok := sets[*setName]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "vm: -set %q: want smoke, full, bpf or perf\n", *setName)
 		os.Exit(2)
+	}
+	if *runOnly != "" {
+		if _, err := regexp.Compile(*runOnly); err != nil || strings.ContainsAny(*runOnly, " \t\n") {
+			fmt.Fprintf(os.Stderr, "vm: -run %q: want a regexp without spaces (%v)\n", *runOnly, err)
+			os.Exit(2)
+		}
+		// The guests read the plan of their set from the initramfs.
+		set.runs = slices.Clone(set.runs)
+		for i := range set.runs {
+			set.runs[i].run = *runOnly
+		}
+		sets[set.name] = set
+		if *readme != "" {
+			fmt.Fprintln(os.Stderr, "vm: -run with -readme: the table is of whole sets")
+			os.Exit(2)
+		}
 	}
 	require := os.Getenv("OVERTIME_REQUIRE_TOOLS") != ""
 	logf := func(f string, a ...any) { fmt.Printf("vm: "+f+"\n", a...) }
@@ -99,7 +118,11 @@ func main() {
 			}
 		}
 	}
-	logf("set %s: %d cells, %d at once, -m %s, timeout %v per cell (setup %v)", set.name, len(cells), *jobs, *mem, set.cellTimeout, time.Since(start).Round(time.Second))
+	if *scale < 1 || *scale > 100 {
+		fmt.Fprintf(os.Stderr, "vm: -time-scale %v: want a number from 1 to 100\n", *scale)
+		os.Exit(2)
+	}
+	logf("set %s: %d cells, %d at once, -m %s, time scale %v, timeout %v per cell (setup %v)", set.name, len(cells), *jobs, *mem, *scale, set.cellTimeout, time.Since(start).Round(time.Second))
 
 	sem := make(chan struct{}, *jobs)
 	var wg sync.WaitGroup
@@ -116,7 +139,7 @@ func main() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			t0 := time.Now()
-			c.res, c.err = runCell(qemu, *cache, initrd, c, set, *mem)
+			c.res, c.err = runCell(qemu, *cache, initrd, c, set, *mem, *scale)
 			c.took = time.Since(t0)
 			c.finish(require)
 			mu.Lock()
@@ -154,7 +177,7 @@ func main() {
 	total := time.Since(start).Round(time.Second)
 	fmt.Printf("vm: set %s: %d cells in %v: %d pass, %d documented refusals, %d fail, %d not run\n", set.name, len(cells), total, pass, refused, fail, skipped)
 	if *readme != "" {
-		if err := writeReadme(*readme, set, cells, caps, total); err != nil {
+		if err := writeReadme(*readme, set, cells, caps, total, *jobs, *scale); err != nil {
 			fmt.Fprintln(os.Stderr, "vm:", err)
 			os.Exit(1)
 		}
@@ -273,7 +296,7 @@ func (c *cell) finish(require bool) {
 }
 
 // runCell boots one guest and parses what it reported.
-func runCell(qemu, cache, initrd string, c *cell, set testSet, mem string) (*cellResult, error) {
+func runCell(qemu, cache, initrd string, c *cell, set testSet, mem string, scale float64) (*cellResult, error) {
 	dir := filepath.Join(cache, "runs", set.name, strings.ReplaceAll(c.key(), "/", "-"))
 	_ = os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -286,7 +309,7 @@ func runCell(qemu, cache, initrd string, c *cell, set testSet, mem string) (*cel
 		"-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", mem,
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", c.k.vmlinuz, "-initrd", initrd,
-		"-append", fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 rdinit=/init ovt.cgroup=%s ovt.set=%s", c.layout, set.name),
+		"-append", fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 rdinit=/init ovt.cgroup=%s ovt.set=%s ovt.timescale=%v", c.layout, set.name, scale),
 		"-serial", "file:"+console, "-serial", "file:"+results)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
@@ -309,7 +332,7 @@ func runCell(qemu, cache, initrd string, c *cell, set testSet, mem string) (*cel
 }
 
 // writeReadme replaces the text between the README's vm-matrix markers.
-func writeReadme(path string, set testSet, cells []*cell, caps map[string]string, total time.Duration) error {
+func writeReadme(path string, set testSet, cells []*cell, caps map[string]string, total time.Duration, jobs int, scale float64) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -320,7 +343,7 @@ func writeReadme(path string, set testSet, cells []*cell, caps map[string]string
 		return fmt.Errorf("%s: no %s ... %s markers", path, begin, end)
 	}
 	var t strings.Builder
-	fmt.Fprintf(&t, "%s\n_Written by `go run ./test/vm -set %s` (%d cells, %v in all, TCG, 2 cells at once); each cell: passed / failed / skipped top-level tests, guest wall time._\n\n", begin, set.name, len(cells), total)
+	fmt.Fprintf(&t, "%s\n_Written by `go run ./test/vm -set %s` (%d cells, %v in all, TCG, %d cells at once, time scale %v); each cell: passed / failed / skipped top-level tests, guest wall time._\n\n", begin, set.name, len(cells), total, jobs, scale)
 	t.WriteString("| kernel | " + strings.Join(layouts, " | ") + " | eBPF beyond tracepoints |\n|---|---|---|---|---|\n")
 	byKey := map[string]*cell{}
 	for _, c := range cells {
