@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -156,27 +157,16 @@ func TestRemove(t *testing.T) {
 		defer func() { e.noLease = false }()
 		d := t.TempDir()
 
-		// Held by another process: sleep with the file as stdin.
+		// Held by another process.
 		f := filepath.Join(d, "held")
 		writeFile(t, f, 5)
 		dev, ino := devIno(t, f)
-		in, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("sleep", "100")
-		cmd.Stdin = in
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		release := holdOpen(t, f)
 		mustRemove(t, e, name, f, dev, ino, false, SkipHeldOpen)
 		if !exists(f) {
 			t.Fatal("held file removed")
 		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		release()
 		mustRemove(t, e, name, f, dev, ino, false, "")
 
 		// Held by a descriptor of this process.
@@ -206,17 +196,7 @@ func TestRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 		dev, ino := devIno(t, f)
-		in, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("sleep", "100")
-		cmd.Stdin = in
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		in.Close()
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		release := holdOpen(t, f)
 		withoutCapLease(t, func() {
 			if fd, err := unix.Open(f, unix.O_RDONLY, 0); err == nil {
 				_, lerr := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_RDLCK)
@@ -230,8 +210,7 @@ func TestRemove(t *testing.T) {
 		if !exists(f) {
 			t.Fatal("held file removed")
 		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		release()
 		withoutCapLease(t, func() { mustRemove(t, e, name, f, dev, ino, false, "") })
 	})
 
@@ -411,4 +390,24 @@ func withoutCapLease(t *testing.T, f func()) {
 		}
 	}()
 	f()
+}
+
+// holdOpen has another process (sleep, with the file as its stdin) hold f
+// open until release is called.
+func holdOpen(t *testing.T, f string) (release func()) {
+	t.Helper()
+	in, err := os.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	cmd := exec.Command("sleep", "100")
+	cmd.Stdin = in
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) }
+	t.Cleanup(release)
+	return release
 }
