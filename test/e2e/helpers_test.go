@@ -99,18 +99,24 @@ func hungFUSE(mnt, prog string) int {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return fail(err)
 	}
-	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	// A plain blocking descriptor, read and written with raw system calls:
+	// through an os.File the runtime's poller may take it, and a read then
+	// fails with "not pollable".
+	dev, err := syscall.Open("/dev/fuse", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return fail(err)
+		return fail(fmt.Errorf("open /dev/fuse: %w", err))
 	}
-	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", dev.Fd())
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", dev)
 	if err := syscall.Mount("ovt-hung", mnt, "fuse.ovt", syscall.MS_NOSUID|syscall.MS_NODEV, opts); err != nil {
 		return fail(fmt.Errorf("mount: %w", err))
 	}
 	go func() {
 		buf := make([]byte, 1<<20+4096)
 		for {
-			n, err := dev.Read(buf)
+			n, err := syscall.Read(dev, buf)
+			if err == syscall.EINTR {
+				continue
+			}
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "fuse helper: read:", err)
 				return
@@ -139,7 +145,7 @@ func hungFUSE(mnt, prog string) int {
 			}
 			binenc.LittleEndian.PutUint32(out[0:], uint32(len(out)))
 			binenc.LittleEndian.PutUint64(out[8:], unique)
-			if _, err := dev.Write(out); err != nil {
+			if _, err := syscall.Write(dev, out); err != nil {
 				fmt.Fprintln(os.Stderr, "fuse helper: write:", err)
 			}
 		}
