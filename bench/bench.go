@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/bpf"
 )
 
 // bench is one run of the suite: the binary under test, a scratch
@@ -338,16 +340,9 @@ func (o *output) errorLine(name string, err error) {
 	fmt.Fprintf(o.w, lineFormat, name, "-", "hard error: "+strings.ReplaceAll(err.Error(), "\n", "; "), "ERROR")
 }
 
-// bootNow reads CLOCK_BOOTTIME, the clock overtime's deadlines are on.
-func bootNow() time.Duration {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	return time.Duration(ts.Nano())
-}
-
 // sleepUntil sleeps until the boot clock reads t.
 func sleepUntil(t time.Duration) {
-	if d := t - bootNow(); d > 0 {
+	if d := t - bpf.BootNow(); d > 0 {
 		time.Sleep(d)
 	}
 }

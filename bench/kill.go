@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"overtime/bpf"
 	"overtime/internal/procstat"
 )
 
@@ -59,14 +60,14 @@ func startKillRun(a *agent, l *launcher, n, members int, spread, timeout time.Du
 		}
 	})
 	defer func() { close(stop); wg.Wait() }()
-	first := bootNow()
+	first := bpf.BootNow()
 	kids, err := l.startPaced(n, spread, argv...)
 	if err != nil {
 		return nil, err
 	}
 	// Every tree must be tracked before the first deadline: wait at most
 	// until a second before it.
-	wait := first + timeout - time.Second - bootNow()
+	wait := first + timeout - time.Second - bpf.BootNow()
 	if _, err := a.waitMetric(wait, func(m metrics) bool {
 		return m.Get(`overtime_tracked_processes{rule="ovt-kill"}`) >= float64(members)
 	}); err != nil {
@@ -233,7 +234,7 @@ func pollerRun(b *bench, l *launcher, n int, spreadOver, timeout time.Duration) 
 				return
 			case <-tick.C:
 			}
-			now := bootNow()
+			now := bpf.BootNow()
 			ents, _ := os.ReadDir("/proc")
 			for _, e := range ents {
 				pid, err := strconv.Atoi(e.Name())
@@ -258,7 +259,7 @@ func pollerRun(b *bench, l *launcher, n int, spreadOver, timeout time.Duration) 
 	})
 	defer func() { close(stop); wg.Wait() }()
 	kids := make([]*child, 0, n)
-	begin := bootNow()
+	begin := bpf.BootNow()
 	for i := range n {
 		sleepUntil(begin + spreadOver*time.Duration(i)/time.Duration(n))
 		c, err := l.start(b.engine(engPoll), "3600")

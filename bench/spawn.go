@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/bpf"
 )
 
 // child is a process the bench started. Its exit is seen through its pidfd
@@ -70,7 +72,7 @@ func (r *reaper) loop() {
 			fmt.Fprintln(os.Stderr, "bench: epoll:", err)
 			return
 		}
-		now := bootNow()
+		now := bpf.BootNow()
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			r.mu.Lock()
@@ -177,9 +179,9 @@ func (l *launcher) start(argv ...string) (*child, error) {
 			Setpgid: true,
 		},
 	}
-	c.forked = bootNow()
+	c.forked = bpf.BootNow()
 	pid, err := syscall.ForkExec(argv[0], argv, attr)
-	c.execd = bootNow()
+	c.execd = bpf.BootNow()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
@@ -197,7 +199,7 @@ func (l *launcher) start(argv ...string) (*child, error) {
 // when it falls behind) and returns them in start order.
 func (l *launcher) startPaced(n int, d time.Duration, argv ...string) ([]*child, error) {
 	out := make([]*child, 0, n)
-	begin := bootNow()
+	begin := bpf.BootNow()
 	for i := range n {
 		sleepUntil(begin + d*time.Duration(i)/time.Duration(n))
 		c, err := l.start(argv...)

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"time"
+
+	"overtime/bpf"
 )
 
 // stallCost: the agent's CPU with 1,000 one-process trees (a copy of
@@ -66,13 +68,13 @@ rules:
 		if err != nil {
 			return 0, 0, err
 		}
-		w0 := bootNow()
+		w0 := bpf.BootNow()
 		time.Sleep(d)
 		t1, s1, err := a.cpu()
 		if err != nil {
 			return 0, 0, err
 		}
-		wall := bootNow() - w0
+		wall := bpf.BootNow() - w0
 		return float64(t1-t0) / float64(wall) * 100, float64(s1-s0) / float64(wall) * 100, nil
 	}
 	off, offSched, err := measure("stall-off", cfg(""), false)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"overtime/bpf"
 	"overtime/internal/treename"
 )
 
@@ -95,13 +96,13 @@ func idle(b *bench) error {
 		return err
 	}
 	cs0 := wakeups(a.pid())
-	w0 := bootNow()
+	w0 := bpf.BootNow()
 	time.Sleep(d)
 	t1, s1, err := a.cpu()
 	if err != nil {
 		return err
 	}
-	wall := bootNow() - w0
+	wall := bpf.BootNow() - w0
 	pct := float64(t1-t0) / float64(wall) * 100
 	b.out.check("idle_cpu", fmt.Sprintf("%.3f%%", pct), "≤ 0.1% of a core, utime+stime", pct <= 0.1)
 	b.out.info("idle_cpu_schedstat", fmt.Sprintf("%.3f%%", float64(s1-s0)/float64(wall)*100),
@@ -153,7 +154,7 @@ func massDeadline(b *bench) error {
 		}
 		kids = append(kids, c)
 	}
-	deadline := bootNow() + 4*time.Second
+	deadline := bpf.BootNow() + 4*time.Second
 	execNs := deadline - timeout
 	for _, c := range kids {
 		dir, err := b.cg.mkdir(filepath.Join("mass", treename.Format("ovt-mass", c.pid, execNs)))
@@ -181,11 +182,11 @@ func massDeadline(b *bench) error {
 	if got := m.Get(`overtime_tracked_processes{rule="ovt-mass"}`); got != float64(n) {
 		return fmt.Errorf("agent adopted %.0f of %d trees", got, n)
 	}
-	if bootNow() > deadline {
+	if bpf.BootNow() > deadline {
 		return fmt.Errorf("agent was ready only after the shared deadline")
 	}
 	var lat []time.Duration
-	limit := time.Now().Add(deadline - bootNow() + 15*time.Second)
+	limit := time.Now().Add(deadline - bpf.BootNow() + 15*time.Second)
 	for _, c := range kids {
 		select {
 		case <-c.done:
@@ -207,7 +208,7 @@ func massDeadline(b *bench) error {
 	if len(kills) > 0 {
 		sort.Slice(kills, func(i, j int) bool { return kills[i].Time().Before(kills[j].Time()) })
 		// The boot clock and the wall clock differ by a constant here.
-		offset := time.Duration(time.Now().UnixNano()) - bootNow()
+		offset := time.Duration(time.Now().UnixNano()) - bpf.BootNow()
 		first := time.Duration(kills[0].Time().UnixNano()) - offset - deadline
 		var gap time.Duration
 		for i := 1; i < len(kills); i++ {

@@ -373,6 +373,15 @@ func resticEnv(t *testing.T, dir string) []string {
 	return []string{"RESTIC_PASSWORD=overtime-e2e", "RESTIC_CACHE_DIR=" + filepath.Join(dir, "cache"), "TMPDIR=" + tmp}
 }
 
+// resticCheckClean runs `restic check` on repo (no `restic unlock`
+// before it) and fails unless it finds no errors.
+func resticCheckClean(t *testing.T, dir string, env []string, repo string) {
+	t.Helper()
+	if out := mustRunTool(t, dir, env, "restic", "-r", repo, "check"); !strings.Contains(out, "no errors were found") {
+		t.Fatalf("restic check %s:\n%s", repo, out)
+	}
+}
+
 // waitLocks waits for n finished restic locks in dir. restic writes a lock
 // under a temporary name and renames it to its ID (64 hex digits) when it
 // is complete, so only names of that form count.
@@ -526,9 +535,7 @@ rules:
 	}
 
 	// The next run on repo-b needs no `restic unlock`.
-	if out := mustRunTool(t, dir, env, "restic", "-r", repoB, "check"); !strings.Contains(out, "no errors were found") {
-		t.Fatalf("restic check on repo-b:\n%s", out)
-	}
+	resticCheckClean(t, dir, env, repoB)
 	// On repo-a the planted stale lock still blocks check: restic's own
 	// verdict that it is a lock, and one overtime rightly left alone.
 	if out, err := runTool(t, dir, env, "restic", "-r", repoA, "check"); err == nil || !strings.Contains(out, "already locked") {

@@ -157,9 +157,7 @@ rules:
 	if got := listDir(t, filepath.Join(repo, "locks")); len(got) != 0 {
 		t.Fatalf("locks left: %v", got)
 	}
-	if out := mustRunTool(t, dir, env, "restic", "-r", repo, "check"); !strings.Contains(out, "no errors were found") {
-		t.Fatalf("restic check:\n%s", out)
-	}
+	resticCheckClean(t, dir, env, repo)
 }
 
 // A real restic backs up to a REST backend on loopback that stops
@@ -268,7 +266,5 @@ rules:
 	if got := listDir(t, filepath.Join(dir, "server-0", "locks")); len(got) != 0 {
 		t.Fatalf("locks after restic unlock: %v", got)
 	}
-	if out := mustRunTool(t, dir, env, "restic", "-r", repos[0], "check"); !strings.Contains(out, "no errors were found") {
-		t.Fatalf("restic check:\n%s", out)
-	}
+	resticCheckClean(t, dir, env, repos[0])
 }
