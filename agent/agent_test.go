@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 const resticRule = `
@@ -165,7 +165,7 @@ func TestStartupScanKeepsRealStartAndAdoptsTrees(t *testing.T) {
 	h := newHarness(t, resticRule)
 	adopted := treeName("restic", 300, 100*s)
 	h.enf.adopt = map[string][]int{adopted: {300, 301}, treeName("gone-rule", 400, 0): {400}, "overtime.not-ours": {400}}
-	h.src.scan = []collector.Process{
+	h.src.scan = []node.Process{
 		// Started 4 minutes before "now" (1000s): 1 minute left.
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 760 * s, Born: 760 * s},
 		{PID: 101, PPID: 100, Comm: "sh", Args: []string{"sh"}, Start: 761 * s, Born: 761 * s},
@@ -331,11 +331,11 @@ func TestLostEventsResync(t *testing.T) {
 	h.exec(100, 1, 0, "restic", "backup")
 	h.exec(101, 1, 0, "restic", "backup")
 	// 101 died and 102 started while events were lost.
-	h.src.scan = []collector.Process{
+	h.src.scan = []node.Process{
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0},
 		{PID: 102, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: s, Born: s},
 	}
-	h.send(collector.Event{Type: collector.EventLost, Lost: 7})
+	h.send(node.Event{Type: node.EventLost, Lost: 7})
 	if got := h.pids(); !slices.Equal(got, []int{100, 102}) {
 		t.Fatalf("after resync = %v, want [100 102]", got)
 	}
@@ -373,7 +373,7 @@ func TestRootOrphanedWhenItsCallerExits(t *testing.T) {
 	if p := h.a.Processes(); p[0].Orphaned {
 		t.Fatal("orphaned before its parent exited")
 	}
-	h.send(collector.Event{Type: collector.EventOrphan, PID: 100, PPID: 50})
+	h.send(node.Event{Type: node.EventOrphan, PID: 100, PPID: 50})
 	if p := h.a.Processes(); !p[0].Orphaned {
 		t.Fatal("not orphaned after its parent exited")
 	}
@@ -385,7 +385,7 @@ func TestRootOrphanedWhenItsCallerExits(t *testing.T) {
 func TestMaxRunningCapsAtExec(t *testing.T) {
 	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 2", 1)
 	h := newHarness(t, cfg)
-	h.src.scan = []collector.Process{{PID: 90, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0}}
+	h.src.scan = []node.Process{{PID: 90, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0}}
 	h.start() // one found running counts toward the cap
 	h.exec(100, 1, s, "restic", "backup")
 	h.exec(101, 1, s, "restic", "backup") // third: capped
@@ -462,12 +462,12 @@ func TestResyncResumesHeldCandidatesWhoseExecWasLost(t *testing.T) {
 	// stopped at exec (a held comm, or file tracing was off), so all are
 	// resumed; 100 matches and is tracked, the others are dropped.
 	h.src.pending = []int{100, 101, 102}
-	h.src.scan = []collector.Process{
+	h.src.scan = []node.Process{
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: s, Born: s},
 		{PID: 101, PPID: 1, Comm: "restic", Args: []string{"restic", "check"}, Start: s, Born: s},
 		{PID: 102, PPID: 1, Comm: "other", Args: []string{"other"}, Start: s, Born: s},
 	}
-	h.send(collector.Event{Type: collector.EventLost, Lost: 3})
+	h.send(node.Event{Type: node.EventLost, Lost: 3})
 	calls := strings.Join(h.enf.callList(), ",")
 	if !strings.Contains(calls, "resume 100,") || !strings.Contains(calls, "resume 101,") || !strings.HasSuffix(calls, ",resume 102") {
 		t.Fatalf("calls = %s", calls)
@@ -508,8 +508,8 @@ func TestStopReleasesCgroupsWaitingForARetry(t *testing.T) {
 	h.exec(100, 1, 0, "restic", "backup")
 	// The exit starts the removal; the stop comes while its retry waits.
 	h.a.mu.Lock()
-	h.a.handle(collector.Event{Type: collector.EventExit, PID: 100})
-	h.a.handle(collector.Event{Type: collector.EventReap, PID: 100})
+	h.a.handle(node.Event{Type: node.EventExit, PID: 100})
+	h.a.handle(node.Event{Type: node.EventReap, PID: 100})
 	h.a.mu.Unlock()
 	name := treeName("restic", 100, 0)
 	h.a.shutdown()
@@ -526,11 +526,11 @@ func TestResyncRetiresLostExitsAndReaps(t *testing.T) {
 	h.fork(102, 100, s)
 	h.exit(102, 2*s, 0) // exited, its reap event will be lost
 	// Lost: 101's exit (now a zombie), 102's reap (now gone).
-	h.src.scan = []collector.Process{
+	h.src.scan = []node.Process{
 		{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 0, Born: 0},
 		{PID: 101, PPID: 100, Comm: "restic", Start: s, Born: s, Zombie: true},
 	}
-	h.send(collector.Event{Type: collector.EventLost, Lost: 2})
+	h.send(node.Event{Type: node.EventLost, Lost: 2})
 	st := h.states()
 	if _, ok := st[102]; ok {
 		t.Fatalf("a reaped member is still in the table: %v", st)
@@ -644,23 +644,23 @@ func TestResyncRefreshesWhatMembersRun(t *testing.T) {
 	rootBorn := 1000*s + 123456789
 	kidBorn := 1001*s + 987654321
 	tick := func(d time.Duration) time.Duration { return d / (10 * time.Millisecond) * (10 * time.Millisecond) }
-	h.send(collector.Event{Type: collector.EventExec, PID: 100, PPID: 1, Time: rootBorn, Born: rootBorn,
-		Proc: &collector.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+	h.send(node.Event{Type: node.EventExec, PID: 100, PPID: 1, Time: rootBorn, Born: rootBorn,
+		Proc: &node.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
 			Exe: "/usr/bin/restic", Cgroup: "/test", Start: rootBorn, Born: rootBorn}})
-	h.send(collector.Event{Type: collector.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
+	h.send(node.Event{Type: node.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
 	name := treeName("restic", 100, rootBorn)
 	if got := h.procInfo(101); got.Comm != "restic" {
 		t.Fatalf("forked member = %+v, want its parent's program until it execs", got)
 	}
 
 	// 101 executes ssh; the record is lost.
-	root := collector.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+	root := node.Process{PID: 100, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
 		Exe: "/usr/bin/restic", Cgroup: "/test/" + name, Start: tick(rootBorn), Born: tick(rootBorn)}
-	kid := collector.Process{PID: 101, PPID: 100, Comm: "ssh", Args: []string{"ssh", "backend"},
+	kid := node.Process{PID: 101, PPID: 100, Comm: "ssh", Args: []string{"ssh", "backend"},
 		Exe: "/usr/bin/ssh", Cgroup: "/test/" + name, Start: tick(kidBorn), Born: tick(kidBorn)}
-	h.src.scan = []collector.Process{root, kid}
+	h.src.scan = []node.Process{root, kid}
 	h.at(1010 * s)
-	h.send(collector.Event{Type: collector.EventLost, Lost: 1})
+	h.send(node.Event{Type: node.EventLost, Lost: 1})
 	if got := h.procInfo(101); got.Comm != "ssh" || got.Exe != "/usr/bin/ssh" || !slices.Equal(got.Args, kid.Args) || got.Rule != "restic" {
 		t.Fatalf("member after its exec was lost = %+v, want ssh in the restic tree", got)
 	}
@@ -680,9 +680,9 @@ func TestResyncRefreshesWhatMembersRun(t *testing.T) {
 
 	// Records from before that scan, read after it, change nothing: the
 	// scan saw the processes later.
-	h.send(collector.Event{Type: collector.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
-	h.send(collector.Event{Type: collector.EventExec, PID: 101, PPID: 100, Time: 1005 * s, Born: kidBorn,
-		Proc: &collector.Process{PID: 101, PPID: 100, Comm: "sh", Args: []string{"sh", "-c", "ssh backend"},
+	h.send(node.Event{Type: node.EventFork, PID: 101, PPID: 100, Time: kidBorn, Born: kidBorn})
+	h.send(node.Event{Type: node.EventExec, PID: 101, PPID: 100, Time: 1005 * s, Born: kidBorn,
+		Proc: &node.Process{PID: 101, PPID: 100, Comm: "sh", Args: []string{"sh", "-c", "ssh backend"},
 			Exe: "/bin/sh", Start: 1005 * s, Born: kidBorn}})
 	if got := h.procInfo(101); got.Comm != "ssh" {
 		t.Fatalf("member after records older than the scan = %+v, want ssh still", got)
@@ -691,15 +691,15 @@ func TestResyncRefreshesWhatMembersRun(t *testing.T) {
 	// 101 executes gzip; that record is lost too, and a second resync
 	// finds it (the table now has its start time from the first scan).
 	kid.Comm, kid.Args, kid.Exe = "gzip", []string{"gzip", "-9"}, "/usr/bin/gzip"
-	h.src.scan = []collector.Process{root, kid}
+	h.src.scan = []node.Process{root, kid}
 	h.at(1020 * s)
-	h.send(collector.Event{Type: collector.EventLost, Lost: 1})
+	h.send(node.Event{Type: node.EventLost, Lost: 1})
 	if got := h.procInfo(101); got.Comm != "gzip" || got.Exe != "/usr/bin/gzip" || !slices.Equal(got.Args, kid.Args) {
 		t.Fatalf("member after a second lost exec = %+v, want gzip", got)
 	}
 	// A record newer than the scan applies.
-	h.send(collector.Event{Type: collector.EventExec, PID: 101, PPID: 100, Time: 1021 * s, Born: kidBorn,
-		Proc: &collector.Process{PID: 101, PPID: 100, Comm: "cat", Args: []string{"cat"},
+	h.send(node.Event{Type: node.EventExec, PID: 101, PPID: 100, Time: 1021 * s, Born: kidBorn,
+		Proc: &node.Process{PID: 101, PPID: 100, Comm: "cat", Args: []string{"cat"},
 			Exe: "/usr/bin/cat", Start: 1021 * s, Born: kidBorn}})
 	if got := h.procInfo(101); got.Comm != "cat" || got.Rule != "restic" {
 		t.Fatalf("member after a new exec = %+v, want cat in the restic tree", got)
@@ -722,22 +722,22 @@ func TestResyncMatchesOnFreshData(t *testing.T) {
 	// exit and reap are still queued.
 	h.exec(202, 1, 1001*s, "restic", "backup")
 	oldBorn := 1001 * s
-	h.src.scan = []collector.Process{
+	h.src.scan = []node.Process{
 		{PID: 200, PPID: 1, Comm: "restic", Args: []string{"restic", "check"}, Exe: "/usr/bin/restic", Start: 1002 * s, Born: 1002 * s},
 		{PID: 201, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Exe: "/usr/bin/restic", Start: 1003 * s, Born: 1003 * s},
 		{PID: 202, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Exe: "/usr/bin/restic", Start: 1004 * s, Born: 1004 * s},
 	}
 	h.at(1010 * s)
-	h.send(collector.Event{Type: collector.EventLost, Lost: 2})
+	h.send(node.Event{Type: node.EventLost, Lost: 2})
 	if got := h.pids(); !slices.Equal(got, []int{201, 202}) {
 		t.Fatalf("after resync = %v, want [201 202]", got)
 	}
 	// The queued records, older than the scan, arrive now.
-	h.send(collector.Event{Type: collector.EventExec, PID: 200, PPID: 1, Time: 1002*s + 1, Born: born,
-		Proc: &collector.Process{PID: 200, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
+	h.send(node.Event{Type: node.EventExec, PID: 200, PPID: 1, Time: 1002*s + 1, Born: born,
+		Proc: &node.Process{PID: 200, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"},
 			Exe: "/usr/bin/restic", Start: 1002*s + 1, Born: born}})
-	h.send(collector.Event{Type: collector.EventExit, PID: 202, Time: 1003 * s, Born: oldBorn})
-	h.send(collector.Event{Type: collector.EventReap, PID: 202, Time: 1003 * s, Born: oldBorn})
+	h.send(node.Event{Type: node.EventExit, PID: 202, Time: 1003 * s, Born: oldBorn})
+	h.send(node.Event{Type: node.EventReap, PID: 202, Time: 1003 * s, Born: oldBorn})
 	if got := h.pids(); !slices.Equal(got, []int{201, 202}) {
 		t.Fatalf("after records older than the scan = %v, want [201 202]", got)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // ProcessInfo is one tracked process, as /api/v1/processes shows it.
@@ -34,10 +34,10 @@ type ProcessInfo struct {
 	StalledSeconds float64    `json:"stalled_seconds"`
 	State          State      `json:"state"`
 	// Blocked says what an unkillable process waits for in the kernel.
-	Blocked      *collector.Blocked `json:"blocked,omitempty"`
-	Orphaned     bool               `json:"orphaned"`
-	OpenFiles    []string           `json:"open_files"`
-	CreatedFiles []string           `json:"created_files"`
+	Blocked      *node.Blocked `json:"blocked,omitempty"`
+	Orphaned     bool          `json:"orphaned"`
+	OpenFiles    []string      `json:"open_files"`
+	CreatedFiles []string      `json:"created_files"`
 }
 
 // wallNow is the wall clock, for API times.

@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // BenchmarkMatch is rule matching on the default rules for the execs the
@@ -17,18 +17,18 @@ func BenchmarkMatch(b *testing.B) {
 	rules := DefaultConfig().Rules
 	cases := []struct {
 		name string
-		p    collector.Process
+		p    node.Process
 		want string
 	}{
-		{"restic-backup", collector.Process{Comm: "restic", Exe: "/usr/bin/restic",
+		{"restic-backup", node.Process{Comm: "restic", Exe: "/usr/bin/restic",
 			Args: []string{"restic", "-r", "s3:host/bucket", "--json", "backup", "/data"}, Cgroup: "/kubepods.slice/pod"}, "restic"},
-		{"restic-snapshots-miss", collector.Process{Comm: "restic", Exe: "/usr/bin/restic",
+		{"restic-snapshots-miss", node.Process{Comm: "restic", Exe: "/usr/bin/restic",
 			Args: []string{"restic", "-r", "s3:host/bucket", "snapshots"}, Cgroup: "/kubepods.slice/pod"}, ""},
-		{"longhorn-backup", collector.Process{Comm: "longhorn", Exe: "/var/lib/longhorn/engine-binaries/img-v1/longhorn",
+		{"longhorn-backup", node.Process{Comm: "longhorn", Exe: "/var/lib/longhorn/engine-binaries/img-v1/longhorn",
 			Args: []string{"longhorn", "backup", "ls", "--volume-only", "nfs://server:/export"}}, "longhorn"},
-		{"nfs-mount", collector.Process{Comm: "mount.nfs", Exe: "/usr/sbin/mount.nfs",
+		{"nfs-mount", node.Process{Comm: "mount.nfs", Exe: "/usr/sbin/mount.nfs",
 			Args: []string{"mount", "-t", "nfs4", "server:/export", "/var/lib/longhorn-backupstore-mounts/server/export"}}, "longhorn-nfs-mount"},
-		{"plain-mount-miss", collector.Process{Comm: "mount", Exe: "/usr/bin/mount",
+		{"plain-mount-miss", node.Process{Comm: "mount", Exe: "/usr/bin/mount",
 			Args: []string{"mount", "-t", "ext4", "/dev/sdb1", "/mnt/data"}}, ""},
 	}
 	for _, c := range cases {
@@ -63,7 +63,7 @@ rules:
 	clock := &fakeClock{now: 1000 * time.Second}
 	a := New(Options{Config: cfg, Source: nopSource{}, Enforcer: nopEnforcer{}, Clock: clock,
 		Registry: prometheus.NewRegistry(), Self: 1})
-	proc := collector.Process{PPID: 1, Comm: "ovt-bench", Args: []string{"ovt-bench"},
+	proc := node.Process{PPID: 1, Comm: "ovt-bench", Args: []string{"ovt-bench"},
 		Exe: "/usr/local/bin/ovt-bench", Cgroup: "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"}
 	pid := 100
 	now := clock.now
@@ -76,9 +76,9 @@ rules:
 		now += time.Millisecond
 		p := proc
 		p.PID, p.Start, p.Born = pid, now, now
-		a.handle(collector.Event{Type: collector.EventExec, PID: pid, PPID: 1, Time: now, Born: now, Proc: &p})
-		a.handle(collector.Event{Type: collector.EventExit, PID: pid, Time: now + 500*time.Microsecond})
-		a.handle(collector.Event{Type: collector.EventReap, PID: pid, Time: now + 600*time.Microsecond})
+		a.handle(node.Event{Type: node.EventExec, PID: pid, PPID: 1, Time: now, Born: now, Proc: &p})
+		a.handle(node.Event{Type: node.EventExit, PID: pid, Time: now + 500*time.Microsecond})
+		a.handle(node.Event{Type: node.EventReap, PID: pid, Time: now + 600*time.Microsecond})
 		clock.now = now
 		a.tick(now)
 	}

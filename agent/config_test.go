@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -45,24 +45,24 @@ func TestDefaultConfigIsValid(t *testing.T) {
 func TestDefaultRulesMatchRealCommandLines(t *testing.T) {
 	cfg := DefaultConfig()
 	cases := []struct {
-		p    collector.Process
+		p    node.Process
 		want string
 	}{
-		{collector.Process{Comm: "longhorn", Exe: "/var/lib/longhorn/engine-binaries/longhornio-longhorn-engine-v1.6.2/longhorn",
+		{node.Process{Comm: "longhorn", Exe: "/var/lib/longhorn/engine-binaries/longhornio-longhorn-engine-v1.6.2/longhorn",
 			Args: []string{"longhorn", "backup", "inspect", "s3://bucket@us-east-1/?backup=backup-1&volume=pvc-1"}}, "longhorn"},
-		{collector.Process{Comm: "longhorn", Exe: "/engine-binaries/img/longhorn",
+		{node.Process{Comm: "longhorn", Exe: "/engine-binaries/img/longhorn",
 			Args: []string{"/engine-binaries/img/longhorn", "backup", "ls", "--volume-only", "nfs://srv:/export"}}, "longhorn"},
 		// The engine itself (not a backup command) is none of overtime's business.
-		{collector.Process{Comm: "longhorn", Exe: "/engine-binaries/img/longhorn",
+		{node.Process{Comm: "longhorn", Exe: "/engine-binaries/img/longhorn",
 			Args: []string{"longhorn", "controller", "pvc-1"}}, ""},
-		{collector.Process{Comm: "mount.nfs4", Exe: "/usr/sbin/mount.nfs4",
+		{node.Process{Comm: "mount.nfs4", Exe: "/usr/sbin/mount.nfs4",
 			Args: []string{"mount.nfs4", "srv:/export", "/var/lib/longhorn-backupstore-mounts/srv/export", "-o", "nfsvers=4.1"}}, "longhorn-nfs-mount"},
-		{collector.Process{Comm: "mount", Exe: "/usr/bin/mount", Args: []string{"mount", "/dev/sda1", "/mnt"}}, ""},
-		{collector.Process{Comm: "restic", Exe: "/usr/bin/restic", Args: []string{"restic", "-r", "/repo", "backup", "/data"}}, "restic"},
-		{collector.Process{Comm: "restic", Exe: "/usr/bin/restic", Args: []string{"restic", "-r", "/repo", "check"}}, ""},
-		{collector.Process{Comm: "borg", Exe: "/usr/bin/python3.11", Args: []string{"/usr/bin/python3", "/usr/bin/borg", "create", "/r::a", "/d"}}, "borg"},
-		{collector.Process{Comm: "kopia", Exe: "/usr/bin/kopia", Args: []string{"kopia", "snapshot", "create", "/data"}}, "kopia"},
-		{collector.Process{Comm: "kopia", Exe: "/usr/bin/kopia", Args: []string{"kopia", "snapshot", "list"}}, ""},
+		{node.Process{Comm: "mount", Exe: "/usr/bin/mount", Args: []string{"mount", "/dev/sda1", "/mnt"}}, ""},
+		{node.Process{Comm: "restic", Exe: "/usr/bin/restic", Args: []string{"restic", "-r", "/repo", "backup", "/data"}}, "restic"},
+		{node.Process{Comm: "restic", Exe: "/usr/bin/restic", Args: []string{"restic", "-r", "/repo", "check"}}, ""},
+		{node.Process{Comm: "borg", Exe: "/usr/bin/python3.11", Args: []string{"/usr/bin/python3", "/usr/bin/borg", "create", "/r::a", "/d"}}, "borg"},
+		{node.Process{Comm: "kopia", Exe: "/usr/bin/kopia", Args: []string{"kopia", "snapshot", "create", "/data"}}, "kopia"},
+		{node.Process{Comm: "kopia", Exe: "/usr/bin/kopia", Args: []string{"kopia", "snapshot", "list"}}, ""},
 	}
 	for _, c := range cases {
 		got := ""

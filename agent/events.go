@@ -1,40 +1,40 @@
 package agent
 
 import (
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // handle applies one event to the table.
-func (a *Agent) handle(ev collector.Event) {
+func (a *Agent) handle(ev node.Event) {
 	if a.scanned != nil && ev.Time > a.scanAt+staleWindow {
 		a.scanned = nil
 	}
 	switch ev.Type {
-	case collector.EventExec, collector.EventFork, collector.EventExit, collector.EventFile:
+	case node.EventExec, node.EventFork, node.EventExit, node.EventFile:
 		a.m.events.WithLabelValues(ev.Type.String()).Inc()
 	}
 	switch ev.Type {
-	case collector.EventExec:
+	case node.EventExec:
 		a.onExec(ev)
-	case collector.EventFork:
+	case node.EventFork:
 		a.onFork(ev)
-	case collector.EventExit:
+	case node.EventExit:
 		if p, ok := a.member(ev); ok && !p.exited {
 			a.memberExited(p, ev.Time, ev.ExitCode)
 		}
-	case collector.EventReap:
+	case node.EventReap:
 		if p, ok := a.member(ev); ok {
 			if !p.exited {
 				a.memberExited(p, ev.Time, ev.ExitCode)
 			}
 			a.reaped(p)
 		}
-	case collector.EventFile:
+	case node.EventFile:
 		a.onFile(ev)
-	case collector.EventLost:
+	case node.EventLost:
 		a.m.lost.Add(float64(ev.Lost))
 		a.resync()
-	case collector.EventOrphan:
+	case node.EventOrphan:
 		if p, ok := a.procs[ev.PID]; ok && !p.exited && !p.orphaned {
 			a.markOrphan(p)
 		}
@@ -44,15 +44,15 @@ func (a *Agent) handle(ev collector.Event) {
 // member finds the tracked process an exit or reap record is about; a
 // record of an earlier process with the same PID (read after a resync
 // found its successor) is not.
-func (a *Agent) member(ev collector.Event) (*proc, bool) {
+func (a *Agent) member(ev node.Event) (*proc, bool) {
 	p, ok := a.procs[ev.PID]
-	if !ok || (ev.Born != 0 && !collector.SameBorn(ev.Born, p.Born)) {
+	if !ok || (ev.Born != 0 && !node.SameBorn(ev.Born, p.Born)) {
 		return nil, false
 	}
 	return p, true
 }
 
-func (a *Agent) onExec(ev collector.Event) {
+func (a *Agent) onExec(ev node.Event) {
 	if ev.Proc == nil {
 		return
 	}
@@ -65,7 +65,7 @@ func (a *Agent) onExec(ev collector.Event) {
 		defer a.resumeHeld(p.PID, p.Born)
 	}
 	stale := a.stale(ev.Time)
-	if m, ok := a.procs[p.PID]; ok && collector.SameBorn(m.Born, p.Born) {
+	if m, ok := a.procs[p.PID]; ok && node.SameBorn(m.Born, p.Born) {
 		// A member executed another program: it stays in its tree, with the
 		// tree's rule and deadline. A record older than the last scan
 		// changes nothing: the scan read what it runs later.
@@ -74,7 +74,7 @@ func (a *Agent) onExec(ev collector.Event) {
 		}
 		return
 	}
-	if born, seen := a.scanned[p.PID]; stale && seen && collector.SameBorn(born, p.Born) {
+	if born, seen := a.scanned[p.PID]; stale && seen && node.SameBorn(born, p.Born) {
 		// The last scan saw this process after this exec and matched what
 		// it ran then: no rule, or it would be in the table.
 		a.untrack(p.PID)
@@ -104,14 +104,14 @@ func (a *Agent) onExec(ev collector.Event) {
 	a.newTree(r, p, true)
 }
 
-func (a *Agent) onFork(ev collector.Event) {
+func (a *Agent) onFork(ev node.Event) {
 	parent, ok := a.procs[ev.PPID]
 	if !ok || parent.exited {
 		a.untrack(ev.PID)
 		return
 	}
 	if old, ok := a.procs[ev.PID]; ok {
-		if collector.SameBorn(old.Born, ev.Born) {
+		if node.SameBorn(old.Born, ev.Born) {
 			// Known already: a record read after the scan that found it.
 			return
 		}

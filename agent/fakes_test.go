@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -12,7 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // fakeClock is a boot-time clock the test moves by hand.
@@ -36,12 +37,12 @@ func (c *fakeClock) set(d time.Duration) {
 // fakeSource is a Source fed by the test.
 type fakeSource struct {
 	mu       sync.Mutex
-	scan     []collector.Process
+	scan     []node.Process
 	tracked  map[int]bool
 	comms    []string
 	all      bool
 	open     map[int][]string
-	events   chan collector.Event
+	events   chan node.Event
 	scanned  int
 	filterEr error
 	parents  map[int]int
@@ -57,10 +58,10 @@ type fakeSource struct {
 }
 
 func newFakeSource() *fakeSource {
-	return &fakeSource{tracked: map[int]bool{}, open: map[int][]string{}, events: make(chan collector.Event, 64)}
+	return &fakeSource{tracked: map[int]bool{}, open: map[int][]string{}, events: make(chan node.Event, 64)}
 }
 
-func (s *fakeSource) Run(ctx context.Context, out chan<- collector.Event) error {
+func (s *fakeSource) Run(ctx context.Context, out chan<- node.Event) error {
 	defer close(out)
 	for {
 		select {
@@ -72,11 +73,11 @@ func (s *fakeSource) Run(ctx context.Context, out chan<- collector.Event) error 
 	}
 }
 
-func (s *fakeSource) Scan() ([]collector.Process, error) {
+func (s *fakeSource) Scan() ([]node.Process, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scanned++
-	return append([]collector.Process(nil), s.scan...), nil
+	return append([]node.Process(nil), s.scan...), nil
 }
 
 func (s *fakeSource) SetFilter(comms []string, all bool, hold []string) error {
@@ -317,20 +318,20 @@ func (e *fakeEnforcer) callList() []string {
 // fakeProgress is a Progress whose counters the test sets.
 type fakeProgress struct {
 	mu      sync.Mutex
-	usage   map[int]collector.Usage // by pid; a pid absent is gone
-	passes  [][]int                 // the pids of each Sample call
-	blocked map[int]collector.Blocked
+	usage   map[int]node.Usage // by pid; a pid absent is gone
+	passes  [][]int            // the pids of each Sample call
+	blocked map[int]node.Blocked
 }
 
 func newFakeProgress() *fakeProgress {
-	return &fakeProgress{usage: map[int]collector.Usage{}, blocked: map[int]collector.Blocked{}}
+	return &fakeProgress{usage: map[int]node.Usage{}, blocked: map[int]node.Blocked{}}
 }
 
-func (f *fakeProgress) Sample(members []collector.Member) []collector.Usage {
+func (f *fakeProgress) Sample(members []node.Member) []node.Usage {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var pids []int
-	var out []collector.Usage
+	var out []node.Usage
 	for _, m := range members {
 		pids = append(pids, m.PID)
 		if u, ok := f.usage[m.PID]; ok {
@@ -343,12 +344,15 @@ func (f *fakeProgress) Sample(members []collector.Member) []collector.Usage {
 	return out
 }
 
-func (f *fakeProgress) Diagnose(pid int, born time.Duration) (collector.Blocked, error) {
+// errGone is what Diagnose says of a process it does not know: gone.
+var errGone = errors.New("process gone")
+
+func (f *fakeProgress) Diagnose(pid int, born time.Duration) (node.Blocked, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.blocked[pid]
 	if !ok {
-		return b, collector.ErrGone
+		return b, errGone
 	}
 	return b, nil
 }
@@ -357,7 +361,7 @@ func (f *fakeProgress) Diagnose(pid int, born time.Duration) (collector.Blocked,
 func (f *fakeProgress) set(pid int, io uint64, cpu time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.usage[pid] = collector.Usage{IO: io, CPU: cpu}
+	f.usage[pid] = node.Usage{IO: io, CPU: cpu}
 }
 
 // add moves pid's counters on.
@@ -447,7 +451,7 @@ func (h *harness) settle() {
 
 // send applies one event, then waits for the work it started off the loop
 // (cleanups, resync scans, tree cgroup removals) and applies its results.
-func (h *harness) send(ev collector.Event) {
+func (h *harness) send(ev node.Event) {
 	h.a.mu.Lock()
 	h.a.handle(ev)
 	h.a.mu.Unlock()
@@ -456,8 +460,8 @@ func (h *harness) send(ev collector.Event) {
 }
 
 func (h *harness) exec(pid, ppid int, at time.Duration, comm string, args ...string) {
-	h.send(collector.Event{Type: collector.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
-		Proc: &collector.Process{PID: pid, PPID: ppid, Comm: comm, Args: append([]string{comm}, args...),
+	h.send(node.Event{Type: node.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
+		Proc: &node.Process{PID: pid, PPID: ppid, Comm: comm, Args: append([]string{comm}, args...),
 			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at, Held: h.src.holds(pid, comm)}})
 }
 
@@ -478,15 +482,15 @@ func (h *harness) fork(child, parent int, at time.Duration) {
 		h.src.tracked[child] = true // the kernel tracks a tracked process's child
 	}
 	h.src.mu.Unlock()
-	h.send(collector.Event{Type: collector.EventFork, PID: child, PPID: parent, Time: at, Born: at})
+	h.send(node.Event{Type: node.EventFork, PID: child, PPID: parent, Time: at, Born: at})
 }
 
 func (h *harness) exit(pid int, at time.Duration, status int) {
-	h.send(collector.Event{Type: collector.EventExit, PID: pid, Time: at, ExitCode: status})
+	h.send(node.Event{Type: node.EventExit, PID: pid, Time: at, ExitCode: status})
 }
 
 func (h *harness) reap(pid int, at time.Duration) {
-	h.send(collector.Event{Type: collector.EventReap, PID: pid, Time: at})
+	h.send(node.Event{Type: node.EventReap, PID: pid, Time: at})
 }
 
 func (h *harness) states() map[int]State {

@@ -4,26 +4,26 @@ import (
 	"sort"
 	"strings"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // onFile keeps the record of what a tree created: only entries the tree
 // itself made can ever be removed.
-func (a *Agent) onFile(ev collector.Event) {
+func (a *Agent) onFile(ev node.Event) {
 	p, ok := a.procs[ev.PID]
 	if !ok || ev.File == nil {
 		return
 	}
 	t, f := p.tree, ev.File
 	switch f.Op {
-	case collector.FileCreate, collector.FileMkdir, collector.FileSymlink, collector.FileLink:
+	case node.FileCreate, node.FileMkdir, node.FileSymlink, node.FileLink:
 		delete(t.opened, f.Path)
 		a.addCreated(t, &created{path: f.Path, dev: f.Dev, ino: f.Ino, pid: p.PID})
-	case collector.FileOpen:
+	case node.FileOpen:
 		if _, mine := t.created[f.Path]; !mine && len(t.opened) < a.cfg.Limits.MaxCreatedFiles {
 			t.opened[f.Path] = true
 		}
-	case collector.FileRename:
+	case node.FileRename:
 		// A temp file renamed to its final name keeps its record; a
 		// renamed directory takes the records below it along.
 		delete(t.created, f.NewPath)
@@ -43,7 +43,7 @@ func (a *Agent) onFile(ev collector.Event) {
 				t.created[c.path] = c
 			}
 		}
-	case collector.FileUnlink:
+	case node.FileUnlink:
 		delete(t.created, f.Path)
 		delete(t.opened, f.Path)
 	}

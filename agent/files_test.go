@@ -8,12 +8,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
-func (h *harness) file(pid int, op collector.FileOp, path, newPath string, ino uint64) {
-	h.send(collector.Event{Type: collector.EventFile, PID: pid,
-		File: &collector.FileEvent{Op: op, Path: path, NewPath: newPath, Dev: 1, Ino: ino}})
+func (h *harness) file(pid int, op node.FileOp, path, newPath string, ino uint64) {
+	h.send(node.Event{Type: node.EventFile, PID: pid,
+		File: &node.FileEvent{Op: op, Path: path, NewPath: newPath, Dev: 1, Ino: ino}})
 }
 
 func removed(calls []string) []string {
@@ -31,15 +31,15 @@ func TestCleanupRemovesOnlyCreatedMatchingDeepestFirst(t *testing.T) {
 	h.start()
 	h.exec(100, 1, 0, "restic", "backup")
 	h.fork(101, 100, time.Second)
-	h.file(100, collector.FileMkdir, "/repo/locks", "", 1)
-	h.file(100, collector.FileCreate, "/repo/locks/tmp-1", "", 2)
-	h.file(100, collector.FileRename, "/repo/locks/tmp-1", "/repo/locks/abc", 0) // temp renamed to its final name
-	h.file(101, collector.FileCreate, "/repo/locks/def", "", 3)
-	h.file(101, collector.FileCreate, "/repo/locks/gone", "", 4)
-	h.file(101, collector.FileUnlink, "/repo/locks/gone", "", 0) // removed by the tree itself
-	h.file(100, collector.FileCreate, "/repo/data/pack", "", 5)  // outside paths
-	h.file(100, collector.FileOpen, "/repo/locks/old", "", 6)    // existed before: not created
-	h.file(100, collector.FileCreate, "/tmp/restic-temp", "", 7)
+	h.file(100, node.FileMkdir, "/repo/locks", "", 1)
+	h.file(100, node.FileCreate, "/repo/locks/tmp-1", "", 2)
+	h.file(100, node.FileRename, "/repo/locks/tmp-1", "/repo/locks/abc", 0) // temp renamed to its final name
+	h.file(101, node.FileCreate, "/repo/locks/def", "", 3)
+	h.file(101, node.FileCreate, "/repo/locks/gone", "", 4)
+	h.file(101, node.FileUnlink, "/repo/locks/gone", "", 0) // removed by the tree itself
+	h.file(100, node.FileCreate, "/repo/data/pack", "", 5)  // outside paths
+	h.file(100, node.FileOpen, "/repo/locks/old", "", 6)    // existed before: not created
+	h.file(100, node.FileCreate, "/tmp/restic-temp", "", 7)
 
 	procs := h.a.Processes()
 	if got := procs[0].CreatedFiles; !slices.Equal(got, []string{"/repo/data/pack", "/repo/locks", "/repo/locks/abc", "/tmp/restic-temp"}) {
@@ -72,7 +72,7 @@ func TestCleanupOnlyWhenRuleSaysSo(t *testing.T) {
 	h := newHarness(t, resticRule) // when: [killed]
 	h.start()
 	h.exec(100, 1, 0, "restic", "backup")
-	h.file(100, collector.FileCreate, "/repo/locks/abc", "", 2)
+	h.file(100, node.FileCreate, "/repo/locks/abc", "", 2)
 	h.exit(100, time.Second, 1<<8) // failed on its own: not killed
 	if got := removed(h.enf.callList()); len(got) != 0 {
 		t.Fatalf("cleanup ran for a tree that was not killed: %v", got)
@@ -99,7 +99,7 @@ func TestCleanupMonitorModeOnlyReports(t *testing.T) {
 	h := newHarness(t, "mode: monitor\n"+strings.Replace(resticRule, "when: [killed]", "when: [always]", 1))
 	h.start()
 	h.exec(100, 1, 0, "restic", "backup")
-	h.file(100, collector.FileCreate, "/repo/locks/abc", "", 2)
+	h.file(100, node.FileCreate, "/repo/locks/abc", "", 2)
 	h.exit(100, time.Second, 0)
 	if got := removed(h.enf.callList()); !slices.Equal(got, []string{"/repo/locks/abc dry=true"}) {
 		t.Fatalf("monitor mode cleanup calls = %v, want one dry run", got)
@@ -126,7 +126,7 @@ func TestCleanupSkipReasonsAndErrorsCounted(t *testing.T) {
 	}
 	h.exec(100, 1, 0, "restic", "backup")
 	for i, p := range []string{"/repo/locks/a", "/repo/locks/b", "/repo/locks/c"} {
-		h.file(100, collector.FileCreate, p, "", uint64(i+1))
+		h.file(100, node.FileCreate, p, "", uint64(i+1))
 	}
 	h.at(5*time.Minute + 10*time.Second)
 	h.exit(100, 5*time.Minute+11*time.Second, 9)
@@ -145,7 +145,7 @@ func TestCreatedFilesBounded(t *testing.T) {
 	h.start()
 	h.exec(100, 1, 0, "restic", "backup")
 	for i, p := range []string{"/repo/locks/a", "/repo/locks/b", "/repo/locks/c"} {
-		h.file(100, collector.FileCreate, p, "", uint64(i+1))
+		h.file(100, node.FileCreate, p, "", uint64(i+1))
 	}
 	if n := len(h.a.Processes()[0].CreatedFiles); n != 2 {
 		t.Fatalf("kept %d created records, want the limit 2", n)
@@ -166,8 +166,8 @@ func TestCreatedFilesOfGoneMembersShowUnderTheRoot(t *testing.T) {
 	h.start()
 	h.exec(100, 1, 0, "restic", "backup")
 	h.fork(101, 100, time.Second)
-	h.file(101, collector.FileCreate, "/repo/locks/by-child", "", 2)
-	h.file(100, collector.FileCreate, "/repo/locks/by-root", "", 3)
+	h.file(101, node.FileCreate, "/repo/locks/by-child", "", 2)
+	h.file(100, node.FileCreate, "/repo/locks/by-root", "", 3)
 	if p := h.a.Processes(); !slices.Equal(p[0].CreatedFiles, []string{"/repo/locks/by-root"}) || !slices.Equal(p[1].CreatedFiles, []string{"/repo/locks/by-child"}) {
 		t.Fatalf("created files while both live: %v / %v", p[0].CreatedFiles, p[1].CreatedFiles)
 	}

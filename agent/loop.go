@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // eventBatch is how many queued events the loop applies under one lock.
@@ -17,7 +17,7 @@ const eventBatch = 256
 // alive back to its original cgroup and removes the cgroups it made.
 func (a *Agent) Run(ctx context.Context) error {
 	defer close(a.done)
-	events := make(chan collector.Event, 16384)
+	events := make(chan node.Event, 16384)
 	srcCtx, stopSrc := context.WithCancel(context.Background())
 	defer stopSrc()
 	srcDone := make(chan error, 1)
@@ -108,7 +108,7 @@ func (a *Agent) tickIfDue() {
 	}
 }
 
-func drain(ch <-chan collector.Event) {
+func drain(ch <-chan node.Event) {
 	for range ch {
 	}
 }

@@ -4,11 +4,11 @@ import (
 	"path"
 	"strings"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // Matches reports whether p matches every match field the rule gives.
-func (r *Rule) Matches(p *collector.Process) bool {
+func (r *Rule) Matches(p *node.Process) bool {
 	m := &r.Match
 	if len(m.Comm) > 0 && !anyEqual(m.Comm, p.Comm) {
 		return false
@@ -59,7 +59,7 @@ func anyArg(g string, args []string) bool {
 }
 
 // firstMatch returns the first rule, in config order, that p matches.
-func firstMatch(rules []*Rule, p *collector.Process) *Rule {
+func firstMatch(rules []*Rule, p *node.Process) *Rule {
 	for _, r := range rules {
 		if r.Matches(p) {
 			return r

@@ -5,15 +5,15 @@ import (
 	"syscall"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // Source is the node as read. collector.Source satisfies it; tests use a fake.
 type Source interface {
 	// Run delivers events to the channel until ctx is done, then closes it.
-	Run(ctx context.Context, events chan<- collector.Event) error
+	Run(ctx context.Context, events chan<- node.Event) error
 	// Scan lists the processes running now (start-up and resync).
-	Scan() ([]collector.Process, error)
+	Scan() ([]node.Process, error)
 	// ScanSkipped counts the processes scans left out because they could
 	// not be read (other than by exiting).
 	ScanSkipped() uint64
@@ -97,10 +97,10 @@ type Enforcer interface {
 type Progress interface {
 	// Sample returns the cumulative I/O and CPU of each member still alive
 	// with its start time; the others are left out.
-	Sample(members []collector.Member) []collector.Usage
+	Sample(members []node.Member) []node.Usage
 	// Diagnose says what process pid (started at born) is blocked on; an
 	// error means it is gone.
-	Diagnose(pid int, born time.Duration) (collector.Blocked, error)
+	Diagnose(pid int, born time.Duration) (node.Blocked, error)
 }
 
 // Unmounter releases a process that sleeps uninterruptibly on a mount:

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // start brings the table up to date with the node: the trees an earlier run
@@ -36,9 +36,9 @@ func (a *Agent) start() error {
 // a member stays in its tree), trees left in cgroups are adopted with
 // their real deadlines, and matching processes not yet tracked are added
 // with their real start time. It runs at start and after lost events.
-func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int, scanAt time.Duration) {
+func (a *Agent) reconcile(scan []node.Process, adopted map[string][]int, scanAt time.Duration) {
 	now := a.clock.Now()
-	alive := make(map[int]*collector.Process, len(scan))
+	alive := make(map[int]*node.Process, len(scan))
 	a.scanAt = scanAt
 	a.scanned = make(map[int]time.Duration, len(scan))
 	for i := range scan {
@@ -53,7 +53,7 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int, sc
 	for pid, p := range a.procs {
 		s, ok := alive[pid]
 		switch {
-		case !ok || !collector.SameBorn(s.Born, p.Born):
+		case !ok || !node.SameBorn(s.Born, p.Born):
 			if !p.exited {
 				a.memberExited(p, now, p.status)
 			}
@@ -98,7 +98,7 @@ func (a *Agent) reconcile(scan []collector.Process, adopted map[string][]int, sc
 // refresh gives member p the program a scan found it running: its exec
 // record was lost, or it is newer than the record the table has. It stays
 // in its tree, with the tree's rule and deadline.
-func (a *Agent) refresh(p *proc, s *collector.Process) {
+func (a *Agent) refresh(p *proc, s *node.Process) {
 	exe := s.Exe
 	same := s.Comm == p.Comm && slices.Equal(s.Args, p.Args)
 	if exe == "" && same {
@@ -128,7 +128,7 @@ func (a *Agent) stale(at time.Duration) bool { return at < a.scanAt }
 const staleWindow = time.Second
 
 // adopt rebuilds a tree from a cgroup an earlier run created.
-func (a *Agent) adopt(name string, pids []int, alive map[int]*collector.Process) {
+func (a *Agent) adopt(name string, pids []int, alive map[int]*node.Process) {
 	ruleName, rootPID, start, ok := parseTreeName(name)
 	if !ok {
 		// Not a name this agent makes: someone else's; leave it alone.

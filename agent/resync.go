@@ -3,14 +3,14 @@ package agent
 import (
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // resynced is a resync's reading of the node: a procfs scan begun at
 // scanAt, the tree cgroups left on the node and the undecided candidates.
 type resynced struct {
 	scanAt                        time.Duration
-	procs                         []collector.Process
+	procs                         []node.Process
 	adopted                       map[string][]int
 	pending                       []int
 	scanErr, adoptErr, pendingErr error
@@ -70,8 +70,8 @@ func (r resynced) apply(a *Agent) {
 // may have been stopped by the kernel at exec (a held comm, or file tracing
 // was off), so each one alive is resumed (SIGCONT) unless it is ended at
 // its cap; those no tree has are dropped from the kernel's tracked set.
-func (a *Agent) settlePending(pending []int, scan []collector.Process) {
-	comm := make(map[int]*collector.Process, len(scan))
+func (a *Agent) settlePending(pending []int, scan []node.Process) {
+	comm := make(map[int]*node.Process, len(scan))
 	for i := range scan {
 		comm[scan[i].PID] = &scan[i]
 	}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // Stall detection. A tree whose rule sets stall is sampled about stall/10
@@ -46,14 +46,14 @@ const stallReason = "stalled"
 type samplePass struct {
 	at    time.Duration
 	trees []*tree
-	usage []collector.Usage
+	usage []node.Usage
 }
 
 // diagnosis is what an unkillable member is blocked on.
 type diagnosis struct {
 	pid     int
 	born    time.Duration
-	blocked collector.Blocked
+	blocked node.Blocked
 	err     error
 }
 
@@ -101,11 +101,11 @@ func (a *Agent) startPass(now time.Duration) {
 	}
 	trees := a.due
 	a.due = nil
-	var members []collector.Member
+	var members []node.Member
 	for _, t := range trees {
 		for _, p := range t.members {
 			if !p.exited {
-				members = append(members, collector.Member{PID: p.PID, Born: p.Born})
+				members = append(members, node.Member{PID: p.PID, Born: p.Born})
 			}
 		}
 	}
@@ -120,7 +120,7 @@ func (pass samplePass) apply(a *Agent) { a.applyPass(pass) }
 // applyPass takes a pass's result on the loop.
 func (a *Agent) applyPass(pass samplePass) {
 	a.passBusy = false
-	byPID := make(map[int]collector.Usage, len(pass.usage))
+	byPID := make(map[int]node.Usage, len(pass.usage))
 	for _, u := range pass.usage {
 		byPID[u.PID] = u
 	}
@@ -138,7 +138,7 @@ func (a *Agent) applyPass(pass samplePass) {
 }
 
 // progress applies one sample of t taken at at.
-func (a *Agent) progress(t *tree, at time.Duration, byPID map[int]collector.Usage) {
+func (a *Agent) progress(t *tree, at time.Duration, byPID map[int]node.Usage) {
 	var io, calls uint64
 	var cpu time.Duration
 	for pid, p := range t.members {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 const stallRule = `
@@ -291,7 +291,7 @@ func TestUnkillableMember(t *testing.T) {
 	t0 := 1000 * s
 	h.exec(100, 1, t0, "restic", "backup")
 	h.fork(101, 100, t0+s)
-	h.prog.blocked[101] = collector.Blocked{State: "D", Wchan: "fuse_wait_answer", Stack: []string{"fuse_wait_answer+0x3c/0x60", "fuse_simple_request+0x1a0/0x2d0"},
+	h.prog.blocked[101] = node.Blocked{State: "D", Wchan: "fuse_wait_answer", Stack: []string{"fuse_wait_answer+0x3c/0x60", "fuse_simple_request+0x1a0/0x2d0"},
 		FSType: "fuse.ovt", MountPoint: "/mnt/backend", Source: "ovt", File: "/mnt/backend/locks/x"}
 	killAt := t0 + 5*time.Minute + 10*s
 	h.at(t0 + 5*time.Minute)
@@ -388,7 +388,7 @@ rules:
 			h.exec(100, 1, t0, "mount.nfs")
 			h.fork(101, 100, t0)
 			for _, pid := range []int{100, 101} {
-				h.prog.blocked[pid] = collector.Blocked{State: "D", Wchan: "rpc_wait_bit_killable", FSType: "nfs4", MountPoint: c.mount, Source: "srv:/export"}
+				h.prog.blocked[pid] = node.Blocked{State: "D", Wchan: "rpc_wait_bit_killable", FSType: "nfs4", MountPoint: c.mount, Source: "srv:/export"}
 			}
 			if c.mode == "monitor" {
 				// Monitor mode never kills, so nothing is found unkillable:

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 	"overtime/internal/treename"
 )
 
@@ -29,7 +29,7 @@ const zombieAfter = 2 * time.Second
 
 // proc is one tracked process.
 type proc struct {
-	collector.Process
+	node.Process
 	tree        *tree
 	podUID      string
 	containerID string
@@ -47,7 +47,7 @@ type proc struct {
 	// unkillable: alive unkillableAfter past SIGKILL; blocked is what the
 	// kernel shows it waits for, once read.
 	unkillable bool
-	blocked    *collector.Blocked
+	blocked    *node.Blocked
 }
 
 // tree is a matched process and every process it forked, down the

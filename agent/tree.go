@@ -3,7 +3,7 @@ package agent
 import (
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration) *tree {
@@ -28,7 +28,7 @@ func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration)
 // newTree starts tracking a process that matched rule r at exec (atExec)
 // or in a scan. Past its rule's max_running, a process that has just
 // executed is ended at once; one found running is only counted.
-func (a *Agent) newTree(r *Rule, p collector.Process, atExec bool) {
+func (a *Agent) newTree(r *Rule, p node.Process, atExec bool) {
 	if !a.roomFor(p.PID) {
 		return
 	}
@@ -49,7 +49,7 @@ func (a *Agent) newTree(r *Rule, p collector.Process, atExec bool) {
 }
 
 // addMember adds a process forked by a member of t.
-func (a *Agent) addMember(t *tree, p collector.Process) {
+func (a *Agent) addMember(t *tree, p node.Process) {
 	if !a.roomFor(p.PID) {
 		return
 	}
@@ -74,9 +74,9 @@ func (a *Agent) roomFor(pid int) bool {
 
 // join puts p in t: in the table, in the kernel's tracked set and in t's
 // cgroup.
-func (a *Agent) join(t *tree, p collector.Process) *proc {
+func (a *Agent) join(t *tree, p node.Process) *proc {
 	m := &proc{Process: p, tree: t}
-	m.podUID, m.containerID = collector.ParsePod(p.Cgroup)
+	m.podUID, m.containerID = node.ParsePod(p.Cgroup)
 	t.members[p.PID] = m
 	t.live++
 	a.procs[p.PID] = m

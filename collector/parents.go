@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"overtime/internal/node"
 )
 
 // parentWatch waits for parents to exit: one pidfd per parent (a pidfd
@@ -22,7 +24,7 @@ type parentWatch struct {
 	childOf  map[int]*watched
 	closed   bool
 	done     chan struct{}
-	pending  chan Event
+	pending  chan node.Event
 	wake     func()
 }
 
@@ -37,7 +39,7 @@ func newParentWatch(wake func()) *parentWatch {
 	return &parentWatch{
 		epfd: -1, stopfd: -1,
 		byFd: map[int32]*watched{}, byParent: map[int]*watched{}, childOf: map[int]*watched{},
-		done: make(chan struct{}), pending: make(chan Event, 4096), wake: wake,
+		done: make(chan struct{}), pending: make(chan node.Event, 4096), wake: wake,
 	}
 }
 
@@ -52,7 +54,7 @@ func (s *Source) WatchParent(child, parent int) error {
 	if err != nil {
 		if p, perr := s.proc.Process(child); errors.Is(err, unix.ESRCH) && perr == nil && p.PPID != parent {
 			// The parent is gone and the child was reparented.
-			s.pw.push(Event{Type: EventOrphan, PID: child, PPID: parent})
+			s.pw.push(node.Event{Type: node.EventOrphan, PID: child, PPID: parent})
 			return nil
 		}
 		return fmt.Errorf("pidfd of parent %d: %w", parent, err)
@@ -61,7 +63,7 @@ func (s *Source) WatchParent(child, parent int) error {
 		unix.Close(fd)
 		if err == nil {
 			// Already reparented: the parent is gone.
-			s.pw.push(Event{Type: EventOrphan, PID: child, PPID: parent})
+			s.pw.push(node.Event{Type: node.EventOrphan, PID: child, PPID: parent})
 			return nil
 		}
 		return fmt.Errorf("parent of %d: %w", child, err)
@@ -154,7 +156,7 @@ func (w *parentWatch) run(epfd, stopfd int) {
 			w.drop(wd)
 			for child := range wd.children {
 				delete(w.childOf, child)
-				w.push(Event{Type: EventOrphan, PID: child, PPID: wd.parent})
+				w.push(node.Event{Type: node.EventOrphan, PID: child, PPID: wd.parent})
 			}
 		}
 		w.mu.Unlock()
@@ -204,7 +206,7 @@ func (w *parentWatch) close() {
 	<-w.done
 }
 
-func (w *parentWatch) push(ev Event) {
+func (w *parentWatch) push(ev node.Event) {
 	select {
 	case w.pending <- ev:
 		w.wake()

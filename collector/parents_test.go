@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"overtime/bpf"
+	"overtime/internal/node"
 )
 
 // Two children of one parent share one pidfd; an unwatched child is not
@@ -65,11 +66,13 @@ func TestWatchParent(t *testing.T) {
 	if err := parent.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	h.wait(t, "orphan", func(e *Event) bool { return e.Type == EventOrphan && e.PID == kids[0] && e.PPID == parent.Process.Pid })
+	h.wait(t, "orphan", func(e *node.Event) bool {
+		return e.Type == node.EventOrphan && e.PID == kids[0] && e.PPID == parent.Process.Pid
+	})
 	time.Sleep(100 * time.Millisecond)
 	h.drainNow()
 	for _, e := range h.got {
-		if e.Type == EventOrphan && e.PID == kids[1] {
+		if e.Type == node.EventOrphan && e.PID == kids[1] {
 			t.Fatal("an unwatched child was reported")
 		}
 	}
@@ -80,7 +83,7 @@ func TestWatchParent(t *testing.T) {
 	if err := h.src.WatchParent(kids[1], parent.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	h.wait(t, "orphan at watch", func(e *Event) bool { return e.Type == EventOrphan && e.PID == kids[1] })
+	h.wait(t, "orphan at watch", func(e *node.Event) bool { return e.Type == node.EventOrphan && e.PID == kids[1] })
 }
 
 // drainNow moves the events already delivered into h.got.

@@ -4,21 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/procfs"
-
-	"overtime/internal/procstat"
 )
-
-// SameBorn reports whether two start times name the same process start.
-// The kernel's records carry start_boottime in nanoseconds, a procfs scan
-// only clock ticks (10 ms): they are compared at tick resolution, the way
-// /proc/PID/stat rounds (down). With the PID, that still tells a reused
-// PID from the process that held it before.
-func SameBorn(a, b time.Duration) bool {
-	return procstat.BootToTicks(a) == procstat.BootToTicks(b)
-}
 
 // Procfs reads processes from a proc mount. Its root is a parameter so tests
 // can point it at a fixture tree.

@@ -9,36 +9,15 @@ import (
 	"strings"
 	"time"
 
+	"overtime/internal/node"
 	"overtime/internal/procstat"
 )
-
-// Member names one process of a tree for a progress sample: its PID and
-// its start time, so a PID reused by another process is never read for it.
-type Member struct {
-	PID  int
-	Born time.Duration
-}
-
-// Usage is what one process has done since it started, as the kernel
-// counts it for the whole thread group.
-type Usage struct {
-	PID  int
-	Born time.Duration
-	// IO is rchar + wchar of /proc/PID/io: bytes passed to read and write
-	// calls of any kind (files, pipes, sockets), so network I/O to a
-	// backend counts too. It includes exited threads and reaped children.
-	IO uint64
-	// Calls is syscr + syscw: the read and write calls that moved them.
-	Calls uint64
-	// CPU is utime + stime of /proc/PID/stat, every thread.
-	CPU time.Duration
-}
 
 // Sample reads the usage of each member. A member that is gone, or whose
 // PID now names a process with another start time, is left out: the
 // result has one entry per member that could be read.
-func (p *Procfs) Sample(members []Member) []Usage {
-	out := make([]Usage, 0, len(members))
+func (p *Procfs) Sample(members []node.Member) []node.Usage {
+	out := make([]node.Usage, 0, len(members))
 	for _, m := range members {
 		proc, err := p.fs.Proc(m.PID)
 		if err != nil {
@@ -52,7 +31,7 @@ func (p *Procfs) Sample(members []Member) []Usage {
 		if err != nil {
 			continue
 		}
-		out = append(out, Usage{
+		out = append(out, node.Usage{
 			PID: m.PID, Born: m.Born,
 			IO:    io.RChar + io.WChar,
 			Calls: io.SyscR + io.SyscW,
@@ -66,27 +45,6 @@ func (p *Procfs) Sample(members []Member) []Usage {
 // born, which may be finer (the kernel's fork time, in nanoseconds).
 func startedAt(ticks uint64, born time.Duration) bool {
 	return ticks == procstat.BootToTicks(born)
-}
-
-// Blocked says what a process that outlived SIGKILL is waiting for, as far
-// as the kernel shows it.
-type Blocked struct {
-	// State is the state letter and name from /proc/PID/stat ("D" is
-	// uninterruptible sleep).
-	State string `json:"state"`
-	// Wchan is the kernel function the process sleeps in.
-	Wchan string `json:"wchan,omitempty"`
-	// Stack is the kernel stack (/proc/PID/stack), innermost first, where
-	// readable.
-	Stack []string `json:"stack,omitempty"`
-	// FSType, MountPoint and Source describe the mount the process is
-	// blocked on: the network or FUSE filesystem of one of its open files
-	// or of its working directory (paths as the process sees them).
-	FSType     string `json:"fs_type,omitempty"`
-	MountPoint string `json:"mount_point,omitempty"`
-	Source     string `json:"source,omitempty"`
-	// File is the open file (or the working directory) on that mount.
-	File string `json:"file,omitempty"`
 }
 
 // remoteFS are filesystems whose operations wait on something outside the
@@ -108,8 +66,8 @@ func isRemoteFS(t string) bool {
 // state, wchan and kernel stack, and the network or FUSE mount of an open
 // file or its working directory, from its own mount table. It reads what
 // it can; an error means the process is gone.
-func (p *Procfs) Diagnose(pid int, born time.Duration) (Blocked, error) {
-	var b Blocked
+func (p *Procfs) Diagnose(pid int, born time.Duration) (node.Blocked, error) {
+	var b node.Blocked
 	proc, err := p.fs.Proc(pid)
 	if err != nil {
 		return b, fmt.Errorf("process %d: %w", pid, ErrGone)

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"overtime/internal/node"
 )
 
 // Sample reads real counters: a process that writes through a pipe moves
@@ -20,7 +22,7 @@ func TestSampleRealProcesses(t *testing.T) {
 	if err := exec.Command("mkfifo", fifo).Run(); err != nil {
 		t.Fatal(err)
 	}
-	start := func(script string) (*exec.Cmd, Member) {
+	start := func(script string) (*exec.Cmd, node.Member) {
 		t.Helper()
 		cmd := exec.Command("/bin/sh", "-c", script)
 		if err := cmd.Start(); err != nil {
@@ -31,13 +33,13 @@ func TestSampleRealProcesses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cmd, Member{PID: pr.PID, Born: pr.Born}
+		return cmd, node.Member{PID: pr.PID, Born: pr.Born}
 	}
 	_, writer := start("while :; do echo x; done >/dev/null")
 	_, computer := start("i=0; while :; do i=$((i+1)); done")
 	// sh opens the FIFO for reading: it blocks in open until a writer comes.
 	_, blocked := start("exec cat " + fifo)
-	gone := Member{PID: writer.PID, Born: writer.Born + time.Second}
+	gone := node.Member{PID: writer.PID, Born: writer.Born + time.Second}
 	// The agent knows a start time to the nanosecond (the kernel's fork
 	// time); /proc shows it in clock ticks.
 	writer.Born += 7 * time.Millisecond
@@ -53,13 +55,13 @@ func TestSampleRealProcesses(t *testing.T) {
 			t.Fatalf("the reader never blocked: %+v %+v", pr, b)
 		}
 	}
-	first := byPID(p.Sample([]Member{writer, computer, blocked, gone}))
+	first := byPID(p.Sample([]node.Member{writer, computer, blocked, gone}))
 	if len(first) != 3 {
 		t.Fatalf("sampled %d members, want 3 (the one with a wrong start time left out): %+v", len(first), first)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		now := byPID(p.Sample([]Member{writer, computer, blocked}))
+		now := byPID(p.Sample([]node.Member{writer, computer, blocked}))
 		w, c := now[writer.PID], now[computer.PID]
 		if w.IO > first[writer.PID].IO && c.CPU >= first[computer.PID].CPU+50*time.Millisecond {
 			if b := now[blocked.PID]; b.IO != first[blocked.PID].IO || b.CPU > first[blocked.PID].CPU+10*time.Millisecond {
@@ -74,8 +76,8 @@ func TestSampleRealProcesses(t *testing.T) {
 	}
 }
 
-func byPID(us []Usage) map[int]Usage {
-	m := map[int]Usage{}
+func byPID(us []node.Usage) map[int]node.Usage {
+	m := map[int]node.Usage{}
 	for _, u := range us {
 		m[u.PID] = u
 	}
@@ -98,7 +100,7 @@ func TestDiagnoseRealProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b Blocked
+	var b node.Blocked
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if b, err = p.Diagnose(pr.PID, pr.Born); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"overtime/internal/node"
 	"overtime/internal/procstat"
 )
 
@@ -60,14 +61,14 @@ const maxJoinedErrors = 8
 // (fmt.Fscan of all 52 stat fields, a scanner and splits for cgroup) costs
 // more than the syscalls: about 80 µs a process against 25 µs this way on a
 // 2-vCPU VM, where 5,000 processes scan in 100 to 160 ms.
-func (p *Procfs) Scan() ([]Process, error) {
+func (p *Procfs) Scan() ([]node.Process, error) {
 	all, err := p.fs.AllProcs()
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", p.root, err)
 	}
 	n := len(all)
 	type slot struct {
-		proc Process
+		proc node.Process
 		err  error
 	}
 	slots := make([]slot, n)
@@ -90,7 +91,7 @@ func (p *Procfs) Scan() ([]Process, error) {
 	}
 	wg.Wait()
 
-	out := make([]Process, 0, n)
+	out := make([]node.Process, 0, n)
 	var errs []error
 	failed := 0
 	for i := range slots {
@@ -117,7 +118,7 @@ func (p *Procfs) Scan() ([]Process, error) {
 		return nil, fmt.Errorf("scan %s: no process readable: %w", p.root, errors.Join(errs...))
 	}
 	p.skipped.Add(uint64(failed))
-	slices.SortFunc(out, func(a, b Process) int { return a.PID - b.PID })
+	slices.SortFunc(out, func(a, b node.Process) int { return a.PID - b.PID })
 	return out, nil
 }
 
@@ -128,7 +129,7 @@ func (p *Procfs) Skipped() uint64 { return p.skipped.Load() }
 // Process reads one process, with the same fields as Scan. The error wraps
 // ErrGone when pid does not exist or has exited, and ErrKernelThread for a
 // kernel thread.
-func (p *Procfs) Process(pid int) (Process, error) {
+func (p *Procfs) Process(pid int) (node.Process, error) {
 	return p.read(newProcReader(), pid)
 }
 
@@ -144,35 +145,35 @@ func (p *Procfs) Reaped(pid int, born time.Duration) bool {
 }
 
 // read reads process pid through a descriptor of its /proc/PID directory.
-func (p *Procfs) read(r *procReader, pid int) (Process, error) {
+func (p *Procfs) read(r *procReader, pid int) (node.Process, error) {
 	dir, err := openDir(filepath.Join(p.root, strconv.Itoa(pid)))
 	if err != nil {
-		return Process{}, procErr(pid, "open", err)
+		return node.Process{}, procErr(pid, "open", err)
 	}
 	defer unix.Close(dir)
 
 	data, err := r.read(dir, "stat")
 	if err != nil {
-		return Process{}, procErr(pid, "read stat", err)
+		return node.Process{}, procErr(pid, "read stat", err)
 	}
 	st, err := procstat.ParseStat(data)
 	if err != nil {
-		return Process{}, fmt.Errorf("process %d: stat: %w", pid, err)
+		return node.Process{}, fmt.Errorf("process %d: stat: %w", pid, err)
 	}
 	if st.Flags&procstat.PFKthread != 0 {
-		return Process{}, fmt.Errorf("process %d: %w", pid, ErrKernelThread)
+		return node.Process{}, fmt.Errorf("process %d: %w", pid, ErrKernelThread)
 	}
 	born := procstat.TicksToBoot(st.Start)
 	if st.State == 'Z' {
 		// Only what stat still says: the rest went with its memory.
-		z := Process{PID: pid, PPID: st.PPID, Comm: r.intern(st.Comm), Born: born, Start: born}
+		z := node.Process{PID: pid, PPID: st.PPID, Comm: r.intern(st.Comm), Born: born, Start: born}
 		return z, fmt.Errorf("process %d: %w", pid, errZombie)
 	}
 	if st.State == 'X' || st.State == 'x' {
-		return Process{}, fmt.Errorf("process %d: dead: %w", pid, ErrGone)
+		return node.Process{}, fmt.Errorf("process %d: dead: %w", pid, ErrGone)
 	}
 
-	proc := Process{
+	proc := node.Process{
 		PID:   pid,
 		PPID:  st.PPID,
 		Comm:  r.intern(st.Comm),
@@ -194,7 +195,7 @@ func (p *Procfs) read(r *procReader, pid int) (Process, error) {
 		// Denied by ptrace access rules (e.g. another PID namespace's
 		// init): Exe stays empty, as Process documents.
 	default:
-		return Process{}, procErr(pid, "read exe", err)
+		return node.Process{}, procErr(pid, "read exe", err)
 	}
 
 	data, err = r.read(dir, "cmdline")
@@ -207,24 +208,24 @@ func (p *Procfs) read(r *procReader, pid int) (Process, error) {
 		data, err = r.read(dir, "cmdline")
 	}
 	if err != nil {
-		return Process{}, procErr(pid, "read cmdline", err)
+		return node.Process{}, procErr(pid, "read cmdline", err)
 	}
 	proc.Args = splitCmdline(data)
 	if !hasMM && len(proc.Args) == 0 {
-		return Process{}, fmt.Errorf("process %d: exiting: %w", pid, ErrGone)
+		return node.Process{}, fmt.Errorf("process %d: exiting: %w", pid, ErrGone)
 	}
 
 	data, err = r.read(dir, "cgroup")
 	if err != nil {
-		return Process{}, procErr(pid, "read cgroup", err)
+		return node.Process{}, procErr(pid, "read cgroup", err)
 	}
 	cg, ok := procstat.CgroupPath(data, p.v1)
 	if !ok {
 		if !alive(dir) {
-			return Process{}, fmt.Errorf("process %d: %w", pid, ErrGone)
+			return node.Process{}, fmt.Errorf("process %d: %w", pid, ErrGone)
 		}
 		_, err := pickCgroup(nil, p.v1) // the same message as Cgroup
-		return Process{}, fmt.Errorf("process %d: %w", pid, err)
+		return node.Process{}, fmt.Errorf("process %d: %w", pid, err)
 	}
 	proc.Cgroup = r.intern(cg)
 	return proc, nil

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"overtime/internal/node"
 	"overtime/internal/procstat"
 	"overtime/internal/testtool"
 )
@@ -132,7 +133,7 @@ func TestScanFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Process{
+	want := []node.Process{
 		{PID: 1, PPID: 0, Comm: "systemd", Args: []string{"/sbin/init", "splash"},
 			Exe: "/usr/lib/systemd/systemd", Cgroup: "/init.scope",
 			Start: 10 * time.Millisecond, Born: 10 * time.Millisecond},
@@ -326,7 +327,7 @@ func TestScanReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got *Process
+	var got *node.Process
 	for i := range procs {
 		if procs[i].PID == pid {
 			got = &procs[i]

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"overtime/bpf"
+	"overtime/internal/node"
 )
 
 // lostCheckEvery bounds how often Lost is read while records flow (a map
@@ -124,7 +125,7 @@ func (s *Source) Untrack(pid int) error {
 func (s *Source) Pending() ([]int, error) { return s.t.Pending() }
 
 // Scan lists the processes running now, from procfs.
-func (s *Source) Scan() ([]Process, error) { return s.proc.Scan() }
+func (s *Source) Scan() ([]node.Process, error) { return s.proc.Scan() }
 
 // HoldDone tells the kernel's hold record that pid, stopped at exec, was
 // resumed or ended.
@@ -153,7 +154,7 @@ func (s *Source) OpenFiles(pid int) ([]string, error) { return s.proc.OpenFiles(
 // Run delivers events until ctx is done, then closes events and returns
 // nil. It returns an error (and closes events) if the tracer is closed
 // under it or fails.
-func (s *Source) Run(ctx context.Context, events chan<- Event) error {
+func (s *Source) Run(ctx context.Context, events chan<- node.Event) error {
 	defer close(events)
 	defer s.pw.close()
 	stop := context.AfterFunc(ctx, func() { s.t.Wake() })
@@ -177,7 +178,7 @@ func (s *Source) Run(ctx context.Context, events chan<- Event) error {
 		}
 		delta := n - lastLost
 		lastLost = n
-		return send(ctx, events, Event{Type: EventLost, Lost: delta})
+		return send(ctx, events, node.Event{Type: node.EventLost, Lost: delta})
 	}
 
 	for {
@@ -214,7 +215,7 @@ func (s *Source) Run(ctx context.Context, events chan<- Event) error {
 }
 
 // flushOrphans hands on the parent exits the watches reported.
-func (s *Source) flushOrphans(ctx context.Context, events chan<- Event) bool {
+func (s *Source) flushOrphans(ctx context.Context, events chan<- node.Event) bool {
 	for {
 		select {
 		case ev := <-s.pw.pending:
@@ -227,7 +228,7 @@ func (s *Source) flushOrphans(ctx context.Context, events chan<- Event) bool {
 	}
 }
 
-func send(ctx context.Context, events chan<- Event, ev Event) bool {
+func send(ctx context.Context, events chan<- node.Event, ev node.Event) bool {
 	select {
 	case events <- ev:
 		return true
@@ -237,8 +238,8 @@ func send(ctx context.Context, events chan<- Event, ev Event) bool {
 }
 
 // convert makes an Event of a record; false drops it (logged).
-func (s *Source) convert(r *bpf.Record) (Event, bool) {
-	ev := Event{
+func (s *Source) convert(r *bpf.Record) (node.Event, bool) {
+	ev := node.Event{
 		Time: time.Duration(r.Time),
 		PID:  int(r.TGID),
 		Born: time.Duration(r.Born),
@@ -246,23 +247,23 @@ func (s *Source) convert(r *bpf.Record) (Event, bool) {
 	}
 	switch r.Type {
 	case bpf.TypeExec:
-		ev.Type = EventExec
+		ev.Type = node.EventExec
 		ev.Proc = s.process(r)
 		s.remember(ev.PID, ev.PPID)
 	case bpf.TypeFork:
-		ev.Type = EventFork
+		ev.Type = node.EventFork
 		s.remember(ev.PID, ev.PPID)
 	case bpf.TypeExit:
-		ev.Type = EventExit
+		ev.Type = node.EventExit
 		ev.PPID = 0
 		ev.ExitCode = int(r.ExitCode)
 	case bpf.TypeReap:
-		ev.Type = EventReap
+		ev.Type = node.EventReap
 		ev.PPID = 0
 		delete(s.known, ev.PID)
 		s.pw.unwatch(ev.PID)
 	case bpf.TypeFile:
-		ev.Type = EventFile
+		ev.Type = node.EventFile
 		ev.PPID = 0
 		f, err := s.file(r)
 		if err != nil {
@@ -276,9 +277,9 @@ func (s *Source) convert(r *bpf.Record) (Event, bool) {
 	return ev, true
 }
 
-func (s *Source) process(r *bpf.Record) *Process {
+func (s *Source) process(r *bpf.Record) *node.Process {
 	pid := int(r.TGID)
-	p := &Process{
+	p := &node.Process{
 		PID:   pid,
 		PPID:  int(r.PPID),
 		Comm:  string(r.Comm),
@@ -370,21 +371,21 @@ func (s *Source) cgroupPath(id uint64) string {
 // O_* bits the decision needs (asm-generic values, as on x86-64 and arm64).
 const oExcl = unix.O_EXCL
 
-func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
+func (s *Source) file(r *bpf.Record) (*node.FileEvent, error) {
 	if r.PathTruncated || r.Path2Truncated {
 		return nil, errors.New("path truncated by the kernel bound")
 	}
 	pid := int(r.TGID)
-	f := &FileEvent{}
+	f := &node.FileEvent{}
 	var err error
 	switch r.FileOp {
 	case bpf.OpOpen:
 		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir); err != nil {
 			return nil, err
 		}
-		f.Op = FileOpen
+		f.Op = node.FileOpen
 		if r.Flags&oExcl != 0 || (s.createdMask != 0 && r.FMode&s.createdMask != 0) {
-			f.Op = FileCreate
+			f.Op = node.FileCreate
 		}
 		if r.Ino != 0 {
 			f.Dev = kernelDev(r.Dev)
@@ -392,17 +393,17 @@ func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
 		}
 		return f, nil
 	case bpf.OpMkdir:
-		f.Op = FileMkdir
+		f.Op = node.FileMkdir
 		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 	case bpf.OpSymlink:
-		f.Op = FileSymlink
+		f.Op = node.FileSymlink
 		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 	case bpf.OpLink:
 		// The new name is what the process created.
-		f.Op = FileLink
+		f.Op = node.FileLink
 		f.Path, err = s.absPath(pid, r.Dirfd2, r.Path2, r.Dir2, r.HasDir2)
 	case bpf.OpRename:
-		f.Op = FileRename
+		f.Op = node.FileRename
 		if f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir); err == nil {
 			f.NewPath, err = s.absPath(pid, r.Dirfd2, r.Path2, r.Dir2, r.HasDir2)
 		}
@@ -411,7 +412,7 @@ func (s *Source) file(r *bpf.Record) (*FileEvent, error) {
 		}
 		return f, err
 	case bpf.OpUnlink, bpf.OpRmdir:
-		f.Op = FileUnlink
+		f.Op = node.FileUnlink
 		f.Path, err = s.absPath(pid, r.Dirfd, r.Path, r.Dir, r.HasDir)
 		return f, err
 	default:

@@ -19,6 +19,7 @@ import (
 
 	"overtime/bpf"
 	"overtime/internal/hostns"
+	"overtime/internal/node"
 	"overtime/internal/testtool"
 )
 
@@ -32,8 +33,8 @@ func TestMain(m *testing.M) {
 
 type srcHarness struct {
 	src *Source
-	ch  chan Event
-	got []Event
+	ch  chan node.Event
+	got []node.Event
 }
 
 func newSource(t *testing.T, opts bpf.Options) *srcHarness {
@@ -55,7 +56,7 @@ func newSource(t *testing.T, opts bpf.Options) *srcHarness {
 	if !src.FilesEnabled() {
 		t.Fatal("file tracepoints detached after NewSource's calibration")
 	}
-	h := &srcHarness{src: src, ch: make(chan Event, 4096)}
+	h := &srcHarness{src: src, ch: make(chan node.Event, 4096)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx, h.ch) }()
@@ -74,7 +75,7 @@ func newSource(t *testing.T, opts bpf.Options) *srcHarness {
 	return h
 }
 
-func (h *srcHarness) wait(t *testing.T, what string, match func(*Event) bool) Event {
+func (h *srcHarness) wait(t *testing.T, what string, match func(*node.Event) bool) node.Event {
 	t.Helper()
 	for _, e := range h.got {
 		if match(&e) {
@@ -139,7 +140,7 @@ func TestSourceExecForkExit(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	cmd.Wait()
-	ex := h.wait(t, "exec", func(e *Event) bool { return e.Type == EventExec && e.PID == pid })
+	ex := h.wait(t, "exec", func(e *node.Event) bool { return e.Type == node.EventExec && e.PID == pid })
 	p := ex.Proc
 	if p == nil || p.PID != pid || p.PPID != os.Getpid() || p.Comm != "ovtest-sh" {
 		t.Fatalf("exec proc %+v", p)
@@ -157,13 +158,13 @@ func TestSourceExecForkExit(t *testing.T) {
 	if p.Start < p.Born || ex.Time != p.Start {
 		t.Errorf("start %v born %v time %v", p.Start, p.Born, ex.Time)
 	}
-	fork := h.wait(t, "fork", func(e *Event) bool { return e.Type == EventFork && e.PPID == pid })
-	h.wait(t, "child exit", func(e *Event) bool { return e.Type == EventExit && e.PID == fork.PID && e.ExitCode == 0 })
-	exit := h.wait(t, "exit", func(e *Event) bool { return e.Type == EventExit && e.PID == pid })
+	fork := h.wait(t, "fork", func(e *node.Event) bool { return e.Type == node.EventFork && e.PPID == pid })
+	h.wait(t, "child exit", func(e *node.Event) bool { return e.Type == node.EventExit && e.PID == fork.PID && e.ExitCode == 0 })
+	exit := h.wait(t, "exit", func(e *node.Event) bool { return e.Type == node.EventExit && e.PID == pid })
 	if exit.ExitCode != 3<<8 {
 		t.Errorf("exit code %#x, want 3<<8", exit.ExitCode)
 	}
-	h.wait(t, "reap", func(e *Event) bool { return e.Type == EventReap && e.PID == pid })
+	h.wait(t, "reap", func(e *node.Event) bool { return e.Type == node.EventReap && e.PID == pid })
 
 	// Cgroup from the kernel id when the process is gone.
 	if got := h.src.cgroupPath(cgroupIno(t, self)); got != self {
@@ -233,25 +234,25 @@ func TestSourceFiles(t *testing.T) {
 	// mv are short-lived children: resolved from their last known cwd.
 	script := `cd "$1" && echo a > new && echo b >> new && echo c > new && mkdir sub && ln -s new sym && mv new sub/moved && exec 3<sub && rm sub/moved sym && rmdir sub`
 	pid := run(t, exec.Command(sh, "-c", script, "sh", work))
-	h.wait(t, "reap", func(e *Event) bool { return e.Type == EventReap && e.PID == pid })
-	h.wait(t, "last unlink", func(e *Event) bool {
-		return e.Type == EventFile && e.File.Op == FileUnlink && e.File.Path == filepath.Join(work, "sub")
+	h.wait(t, "reap", func(e *node.Event) bool { return e.Type == node.EventReap && e.PID == pid })
+	h.wait(t, "last unlink", func(e *node.Event) bool {
+		return e.Type == node.EventFile && e.File.Op == node.FileUnlink && e.File.Path == filepath.Join(work, "sub")
 	})
 
-	var files []FileEvent
+	var files []node.FileEvent
 	for _, e := range h.got {
-		if e.Type == EventFile {
+		if e.Type == node.EventFile {
 			files = append(files, *e.File)
 		}
 	}
 	j := func(p string) string { return filepath.Join(work, p) }
-	var opens []FileEvent
+	var opens []node.FileEvent
 	for _, f := range files {
-		if (f.Op == FileCreate || f.Op == FileOpen) && f.Path == j("new") {
+		if (f.Op == node.FileCreate || f.Op == node.FileOpen) && f.Path == j("new") {
 			opens = append(opens, f)
 		}
 	}
-	if len(opens) != 3 || opens[0].Op != FileCreate || opens[1].Op != FileOpen || opens[2].Op != FileOpen {
+	if len(opens) != 3 || opens[0].Op != node.FileCreate || opens[1].Op != node.FileOpen || opens[2].Op != node.FileOpen {
 		t.Errorf("opens of new: %+v, want create, open, open", opens)
 	} else {
 		var st syscall.Stat_t
@@ -260,7 +261,7 @@ func TestSourceFiles(t *testing.T) {
 			t.Errorf("create dev %#x ino %d, want dev %#x", opens[0].Dev, opens[0].Ino, st.Dev)
 		}
 	}
-	has := func(op FileOp, path, newPath string) *FileEvent {
+	has := func(op node.FileOp, path, newPath string) *node.FileEvent {
 		for i, f := range files {
 			if f.Op == op && f.Path == path && f.NewPath == newPath {
 				return &files[i]
@@ -269,17 +270,17 @@ func TestSourceFiles(t *testing.T) {
 		t.Errorf("no %v %q %q in %+v", op, path, newPath, files)
 		return nil
 	}
-	if f := has(FileMkdir, j("sub"), ""); f != nil && f.Ino == 0 {
+	if f := has(node.FileMkdir, j("sub"), ""); f != nil && f.Ino == 0 {
 		// The directory is removed at the end; it existed when the event
 		// was read only if the reader was fast: a zero here is allowed
 		// only when it was already gone.
 		t.Logf("mkdir: inode unknown (already removed)")
 	}
-	has(FileSymlink, j("sym"), "")
-	has(FileRename, j("new"), j("sub/moved"))
-	has(FileUnlink, j("sub/moved"), "")
-	has(FileUnlink, j("sym"), "")
-	has(FileUnlink, j("sub"), "")
+	has(node.FileSymlink, j("sym"), "")
+	has(node.FileRename, j("new"), j("sub/moved"))
+	has(node.FileUnlink, j("sub/moved"), "")
+	has(node.FileUnlink, j("sym"), "")
+	has(node.FileUnlink, j("sub"), "")
 }
 
 func TestSourceLost(t *testing.T) {
@@ -293,7 +294,7 @@ func TestSourceLost(t *testing.T) {
 	// outruns a one-page ring buffer (a record carries the name at its
 	// length: about ten fit).
 	run(t, exec.Command(sh, "-c", `cd "$1" && p=$(printf %0200d 0) && i=0; while [ $i -lt 5000 ]; do : > $p$i; i=$((i+1)); done`, "sh", dir))
-	e := h.wait(t, "lost", func(e *Event) bool { return e.Type == EventLost })
+	e := h.wait(t, "lost", func(e *node.Event) bool { return e.Type == node.EventLost })
 	if e.Lost == 0 {
 		t.Errorf("lost event with Lost 0")
 	}
@@ -337,7 +338,7 @@ func TestFilePathFromKernelDir(t *testing.T) {
 	r := &bpf.Record{Type: bpf.TypeFile, FileOp: bpf.OpOpen, TGID: gone, Dirfd: unix.AT_FDCWD,
 		Flags: unix.O_CREAT | unix.O_EXCL, Path: []byte("../locks/x"), Dir: []byte("/repo/data"), HasDir: true}
 	f, err := s.file(r)
-	if err != nil || f.Path != "/repo/locks/x" || f.Op != FileCreate {
+	if err != nil || f.Path != "/repo/locks/x" || f.Op != node.FileCreate {
 		t.Fatalf("file = %+v, %v; want a create of /repo/locks/x", f, err)
 	}
 	r.HasDir = false

@@ -30,8 +30,8 @@ import (
 	"time"
 
 	"overtime/agent"
-	"overtime/collector"
 	"overtime/internal/charttest"
+	"overtime/internal/node"
 	"overtime/internal/ociimage"
 	"overtime/internal/procstat"
 	"overtime/internal/testtool"
@@ -237,7 +237,7 @@ wait
 	cg := readFile(fmt.Sprintf("/proc/%d/cgroup", resticPID))
 	t.Logf("restic %d in the workload container; its cgroups:\n%s", resticPID, cg)
 	v2 := cgroupV2Path(cg)
-	gotPod, gotCtr := collector.ParsePod(v2)
+	gotPod, gotCtr := node.ParsePod(v2)
 	t.Logf("v2 cgroup path %q: ParsePod gives pod %q container %q", v2, gotPod, gotCtr)
 
 	// A file at the lock's path on the host: the agent must not touch it.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"overtime/collector"
+	"overtime/internal/node"
 )
 
 // A member blocked in a request to a FUSE daemon that stopped answering
@@ -181,4 +181,4 @@ func waitUnkillable(t *testing.T, a *agentProc, pid int, mnt string) *apiBlocked
 	return b
 }
 
-type apiBlocked = collector.Blocked
+type apiBlocked = node.Blocked

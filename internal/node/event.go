@@ -1,8 +1,4 @@
-// Package collector reads the node: the eBPF event stream of exec, fork,
-// exit and file creation, procfs for the start-up scan and resyncs, the open
-// files of a process, and the pod and container a cgroup path belongs to. It
-// decides nothing; the agent does.
-package collector
+package node
 
 import "time"
 
