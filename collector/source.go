@@ -37,7 +37,7 @@ var cgroup2Mounts = []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}
 // Source turns the kernel's records into Events. It is the eBPF half of the
 // collector; Scan and OpenFiles (procfs) live beside it.
 type Source struct {
-	t    *bpf.Tracer
+	t    tracer
 	proc *Procfs
 	log  *slog.Logger
 
@@ -74,6 +74,10 @@ const (
 // failure is not fatal: it is logged at warn and only O_EXCL opens count as
 // creations.
 func NewSource(t *bpf.Tracer, proc *Procfs, log *slog.Logger) *Source {
+	return newTracerSource(bpfTracer{t}, proc, log)
+}
+
+func newTracerSource(t tracer, proc *Procfs, log *slog.Logger) *Source {
 	s := &Source{t: t, proc: proc, log: log, cgroups: map[uint64]string{}, known: map[int]procInfo{}}
 	s.pw = newParentWatch(func() { _ = t.Wake() })
 	dir, err := os.MkdirTemp("", "overtime-calibrate-")
@@ -129,12 +133,12 @@ func (s *Source) Scan() ([]node.Process, error) { return s.proc.Scan() }
 
 // HoldDone tells the kernel's hold record that pid, stopped at exec, was
 // resumed or ended.
-func (s *Source) HoldDone(pid int) error { return s.t.Holds().Done(pid) }
+func (s *Source) HoldDone(pid int) error { return s.t.HoldDone(pid) }
 
 // HoldsExpired counts the held processes the guard resumed at the hold
 // bound because nobody decided on them in time.
 func (s *Source) HoldsExpired() uint64 {
-	n, err := s.t.Holds().Expired()
+	n, err := s.t.HoldsExpired()
 	if err != nil {
 		s.log.Debug("read expired holds", "err", err)
 	}
