@@ -8,15 +8,42 @@ import (
 	"overtime/internal/node"
 )
 
-// Source is the node as read. collector.Source satisfies it; tests use a fake.
+// Source is the node as read, in three parts: the event stream, the procfs
+// reader and the kernel's filter and holds. collector.Source satisfies all
+// three; tests use a fake.
 type Source interface {
+	EventStream
+	ProcReader
+	Kernel
+}
+
+// EventStream is what happens on the node, as it happens.
+type EventStream interface {
 	// Run delivers events to the channel until ctx is done, then closes it.
 	Run(ctx context.Context, events chan<- node.Event) error
+	// WatchParent reports EventOrphan for child when parent exits first.
+	WatchParent(child, parent int) error
+}
+
+// ProcReader reads processes from procfs: what runs now, what is gone,
+// what a process holds open.
+type ProcReader interface {
 	// Scan lists the processes running now (start-up and resync).
 	Scan() ([]node.Process, error)
 	// ScanSkipped counts the processes scans left out because they could
 	// not be read (other than by exiting).
 	ScanSkipped() uint64
+	// Reaped reports whether process pid, started at born, is gone, not
+	// even a zombie (false when unsure).
+	Reaped(pid int, born time.Duration) bool
+	// OpenFiles lists pid's open files (paths as the process sees them).
+	OpenFiles(pid int) ([]string, error)
+}
+
+// Kernel steers what the kernel reports and holds: the exec comms it
+// lets through or stops, the processes it tracks, the file syscall
+// tracepoints, its record of held processes.
+type Kernel interface {
 	// SetFilter tells the kernel which exec comms may match a rule; all
 	// lets every exec through (a rule with no comm or literal exe basename);
 	// the comms in hold are stopped at exec until the agent resumes
@@ -26,6 +53,9 @@ type Source interface {
 	// reported from now on. Untrack forgets it.
 	Track(pid int) error
 	Untrack(pid int) error
+	// Pending lists exec candidates the kernel tracks that the agent has
+	// neither tracked nor untracked (their exec records were lost).
+	Pending() ([]int, error)
 	// EnableFiles starts reporting file changes of tracked processes (the
 	// file syscall tracepoints). While they are off, the kernel holds every
 	// new candidate at exec (Process.Held) so none of its file changes is
@@ -42,16 +72,6 @@ type Source interface {
 	HoldDone(pid int) error
 	// HoldsExpired counts the held processes the guard resumed at the bound.
 	HoldsExpired() uint64
-	// Pending lists exec candidates the kernel tracks that the agent has
-	// neither tracked nor untracked (their exec records were lost).
-	Pending() ([]int, error)
-	// WatchParent reports EventOrphan for child when parent exits first.
-	WatchParent(child, parent int) error
-	// Reaped reports whether process pid, started at born, is gone, not
-	// even a zombie (false when unsure).
-	Reaped(pid int, born time.Duration) bool
-	// OpenFiles lists pid's open files (paths as the process sees them).
-	OpenFiles(pid int) ([]string, error)
 }
 
 // Enforcer changes the node. enforcer.Enforcer satisfies it; tests use a fake.
