@@ -59,7 +59,7 @@ func (a *Agent) capTree(t *tree, m *proc) {
 		failed: why + ": ", failLog: "capped: kill at exec failed",
 		done: why + ": ended at exec", doneLog: "capped: ended at exec",
 		do: func() ([]any, error) {
-			err := a.enf.Kill(t.name)
+			err := a.killTree(t)
 			t.killed = true
 			return nil, err
 		}})
@@ -108,6 +108,7 @@ func (a *Agent) signal(t *tree, sig syscall.Signal, name, why string) {
 		failLog: endLabel(t) + ": " + name + " failed",
 		done:    why + ": sent " + name, doneLog: endLabel(t) + ": sent " + name + " to the tree",
 		do: func() ([]any, error) {
+			t.confined()
 			n, err := a.enf.Signal(t.name, sig)
 			t.signalled = true
 			return []any{"processes", n}, err
@@ -126,7 +127,7 @@ func (a *Agent) kill(t *tree, now time.Duration) {
 		failLog: "kill failed",
 		done:    prefix + "grace over: SIGKILL to the tree", doneLog: "killed the tree",
 		do: func() ([]any, error) {
-			err := a.enf.Kill(t.name)
+			err := a.killTree(t)
 			if !t.killed {
 				t.killedAt = now
 			}
@@ -151,7 +152,7 @@ func (a *Agent) confirm(t *tree, now time.Duration) {
 	t.confirmTry++
 	a.record(t, t.rootPID, "kill", "error", "tree still alive after SIGKILL")
 	a.log.Error("tree still alive after SIGKILL; killing again", a.rootAttrs(t, "alive", t.live)...)
-	if err := a.enf.Kill(t.name); err != nil {
+	if err := a.killTree(t); err != nil {
 		a.m.kills.WithLabelValues(t.rule.Name, "SIGKILL", "error").Inc()
 	}
 	if now-t.killedAt >= unkillableAfter {

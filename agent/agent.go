@@ -95,6 +95,10 @@ type Agent struct {
 	// Members due for a zombie check in this tick.
 	zombieDue []zombieCheck
 
+	// Confinements, and the calls ordered with them, run off the loop
+	// (see confine.go).
+	confines serial
+
 	// Tree cgroups are removed off the loop (see release).
 	releases  serial
 	releasing sync.WaitGroup

@@ -196,6 +196,7 @@ type fakeEnforcer struct {
 	gone     map[int]bool // Confine says these are gone
 	removeFn func(path string) (int64, string, error)
 	busy     int // Release answers busy this many times
+	gate     chan struct{} // when set, Confine waits for it to close (the kernel's cgroup lock)
 	src      *fakeSource
 }
 
@@ -213,6 +214,12 @@ func (e *fakeEnforcer) log(format string, args ...any) {
 }
 
 func (e *fakeEnforcer) Confine(tree string, pid int, born time.Duration, view bool) error {
+	e.mu.Lock()
+	gate := e.gate
+	e.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.gone[pid] {
@@ -460,9 +467,13 @@ func (h *harness) send(ev node.Event) {
 }
 
 func (h *harness) exec(pid, ppid int, at time.Duration, comm string, args ...string) {
-	h.send(node.Event{Type: node.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
+	h.send(h.execEvent(pid, ppid, at, comm, args...))
+}
+
+func (h *harness) execEvent(pid, ppid int, at time.Duration, comm string, args ...string) node.Event {
+	return node.Event{Type: node.EventExec, PID: pid, PPID: ppid, Time: at, Born: at,
 		Proc: &node.Process{PID: pid, PPID: ppid, Comm: comm, Args: append([]string{comm}, args...),
-			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at, Held: h.src.holds(pid, comm)}})
+			Exe: "/usr/bin/" + comm, Cgroup: "/test", Start: at, Born: at, Held: h.src.holds(pid, comm)}}
 }
 
 // holds says what the kernel does at exec: a candidate it does not track

@@ -97,7 +97,7 @@ func (a *Agent) cleanup(t *tree) {
 	dryRun := a.monitor()
 	a.workers.Add(1)
 	a.cleaning.Add(1)
-	a.cleanups.run(func() {
+	job := func() {
 		defer a.workers.Done()
 		done := removals{t: t, dryRun: dryRun}
 		for _, c := range named {
@@ -112,7 +112,10 @@ func (a *Agent) cleanup(t *tree) {
 		a.cleaning.Done()
 		done.last = true
 		a.report(done)
-	})
+	}
+	// After the tree's confinements (see confine.go): the first keeps the
+	// filesystem view the removals need.
+	a.enqueue(nil, func() { a.cleanups.run(job) })
 }
 
 // removalChunk is how many removals come back to the loop at a time.

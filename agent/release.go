@@ -13,7 +13,8 @@ import (
 // doubling, about 4 s in all.
 func (a *Agent) release(t *tree) {
 	a.releasing.Add(1)
-	a.releases.run(func() { a.releaseTry(t, 0) })
+	// After the tree's confinements (see confine.go).
+	a.enqueue(nil, func() { a.releases.run(func() { a.releaseTry(t, 0) }) })
 }
 
 // releaseTry makes one attempt and, when the cgroup is busy, schedules the

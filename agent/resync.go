@@ -86,15 +86,20 @@ func (a *Agent) settlePending(pending []int, scan []node.Process) {
 }
 
 // resumeHeld continues a process the kernel stopped at exec, unless it is
-// being ended at its rule's cap.
+// being ended at its rule's cap: on the confinement worker, after its
+// confinement (see confine.go).
 func (a *Agent) resumeHeld(pid int, born time.Duration) {
-	if m, ok := a.procs[pid]; !ok || !m.tree.capped || a.monitor() {
-		if err := a.enf.Resume(pid, born); err != nil {
-			a.log.Debug("resume held process", "pid", pid, "err", err)
+	m, ok := a.procs[pid]
+	resume := !ok || !m.tree.capped || a.monitor()
+	a.enqueue(nil, func() {
+		if resume {
+			if err := a.enf.Resume(pid, born); err != nil {
+				a.log.Debug("resume held process", "pid", pid, "err", err)
+			}
 		}
-	}
-	// Decided either way: off the record, so the guard leaves it alone.
-	if err := a.src.HoldDone(pid); err != nil {
-		a.log.Debug("hold record", "pid", pid, "err", err)
-	}
+		// Decided either way: off the record, so the guard leaves it alone.
+		if err := a.src.HoldDone(pid); err != nil {
+			a.log.Debug("hold record", "pid", pid, "err", err)
+		}
+	})
 }

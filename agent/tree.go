@@ -56,7 +56,7 @@ func (a *Agent) addMember(t *tree, p node.Process) {
 	a.join(t, p)
 	// A child born while its tree is being ended is ended with it.
 	if t.killed && !a.monitor() {
-		if err := a.enf.Kill(t.name); err != nil {
+		if err := a.killTree(t); err != nil {
 			a.log.Error("kill late member", "rule", t.rule.Name, "pid", p.PID, "err", err)
 		}
 	}
@@ -72,8 +72,8 @@ func (a *Agent) roomFor(pid int) bool {
 	return false
 }
 
-// join puts p in t: in the table, in the kernel's tracked set and in t's
-// cgroup.
+// join puts p in t: in the table, in the kernel's tracked set and (off the
+// loop, see confine.go) in t's cgroup.
 func (a *Agent) join(t *tree, p node.Process) *proc {
 	m := &proc{Process: p, tree: t}
 	m.podUID, m.containerID = node.ParsePod(p.Cgroup)
@@ -83,18 +83,7 @@ func (a *Agent) join(t *tree, p node.Process) *proc {
 	if err := a.src.Track(p.PID); err != nil {
 		a.log.Warn("track in kernel", "pid", p.PID, "err", err)
 	}
-	if err := a.enf.Confine(t.name, p.PID, p.Born, len(t.rule.Cleanup.Paths) > 0); err != nil {
-		if isGone(err) {
-			// It exited before it could be confined. Its exit and reap
-			// events are normally on their way; if none comes (it ended
-			// before the kernel tracked it), forget it a little later.
-			a.timers.add(timer{at: a.clock.Now() + goneGrace, kind: timerGone, tree: t, pid: p.PID})
-			return m
-		}
-		a.m.unconfined.WithLabelValues(t.rule.Name).Inc()
-		a.log.Warn("could not move process into its tree cgroup; it will be signalled through its pidfd",
-			a.procAttrs(m, "err", err)...)
-	}
+	a.confine(m)
 	return m
 }
 
@@ -102,7 +91,7 @@ func (a *Agent) join(t *tree, p node.Process) *proc {
 func (a *Agent) memberExited(p *proc, at time.Duration, status int) {
 	p.exited, p.exitAt, p.status = true, at, status
 	t := p.tree
-	a.enf.Forget(t.name, p.PID)
+	a.forget(t, p.PID)
 	t.live--
 	if p.PID == t.rootPID {
 		t.rootStatus = status
