@@ -53,6 +53,13 @@ func (a *Agent) enqueue(t *tree, f func()) {
 	})
 }
 
+// queuedDone waits for everything queued on the confinement worker so far.
+func (a *Agent) queuedDone() {
+	done := make(chan struct{})
+	a.enqueue(nil, func() { close(done) })
+	<-done
+}
+
 // confine moves m into its tree's cgroup, off the loop; a failure comes
 // back to the loop.
 func (a *Agent) confine(m *proc) {

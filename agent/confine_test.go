@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"overtime/internal/node"
 )
 
 const killRule = `
@@ -90,5 +92,27 @@ func TestConfineOffTheLoop(t *testing.T) {
 	ci, ki := slices.Index(calls, "confine "+treeB+" 200"), slices.Index(calls, "kill "+treeB)
 	if ci < 0 || ki < ci {
 		t.Fatalf("calls %v, want 200 confined, then %s killed", calls, treeB)
+	}
+}
+
+// At the stop, the candidates the kernel holds are resumed before the
+// agent goes, though their resumes queue behind a blocked confinement.
+func TestStopResumesHeldBehindConfinements(t *testing.T) {
+	h := newHarness(t, killRule)
+	h.start()
+	gate := make(chan struct{})
+	h.enf.mu.Lock()
+	h.enf.gate = gate
+	h.enf.mu.Unlock()
+	h.onLoop(5*s, func() { h.a.handle(h.execEvent(100, 1, 1000*s, "restic", "backup")) })
+	h.src.mu.Lock()
+	h.src.pending = []int{300}
+	h.src.scan = []node.Process{{PID: 300, PPID: 1, Comm: "restic", Args: []string{"restic", "check"}, Start: s, Born: s}}
+	h.src.mu.Unlock()
+	time.AfterFunc(50*time.Millisecond, func() { close(gate) })
+	h.a.shutdown()
+	calls := h.enf.callList()
+	if ci, ri := slices.Index(calls, "confine "+treeName("restic", 100, 1000*s)+" 100"), slices.Index(calls, "resume 300"); ci < 0 || ri < ci {
+		t.Fatalf("calls after the stop %v, want 100 confined, then 300 resumed", calls)
 	}
 }

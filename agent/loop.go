@@ -173,6 +173,8 @@ func (a *Agent) shutdown() {
 			a.settlePending(pending, scan)
 		}
 	}
+	// Their resumes are queued behind the confinements.
+	a.queuedDone()
 	a.log.Info("stopped", "released_trees", len(trees))
 }
 
