@@ -195,7 +195,7 @@ type fakeEnforcer struct {
 	adopt    map[string][]int
 	gone     map[int]bool // Confine says these are gone
 	removeFn func(path string) (int64, string, error)
-	busy     int // Release answers busy this many times
+	busy     int           // Release answers busy this many times
 	gate     chan struct{} // when set, Confine waits for it to close (the kernel's cgroup lock)
 	src      *fakeSource
 }
