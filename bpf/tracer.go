@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -200,6 +201,7 @@ type fileSet struct {
 	exit                  *ebpf.Program // tp_exit_file, on every sys_exit_X of enter
 	enterLinks, exitLinks []link.Link
 	closing               chan struct{} // closed when its links are closed; nil when idle
+	open                  atomic.Int32  // its links not closed yet
 }
 
 // fileHook is a file syscall program and its tracepoint.
@@ -487,6 +489,7 @@ func (t *Tracer) EnableFiles() error {
 		return err
 	}
 	fs.enterLinks, fs.exitLinks = enters, exits
+	fs.open.Store(int32(len(enters) + len(exits)))
 	t.on, t.filesOn = fs, true
 	if err := t.writeConfig(); err != nil {
 		t.on, t.filesOn = nil, false
@@ -540,7 +543,7 @@ func (t *Tracer) DisableFiles() (bool, error) {
 	fs.closing = done
 	t.detaching.Go(func() {
 		// Enters first: a call whose enter ran finds its exit attached.
-		err := t.closeLinksYielding(slices.Concat(enters, exits))
+		err := t.closeLinksYielding(slices.Concat(enters, exits), &fs.open)
 		t.fmu.Lock()
 		defer t.fmu.Unlock()
 		fs.closing = nil
@@ -597,11 +600,13 @@ func attachSyscalls(hooks []fileHook) ([]link.Link, error) {
 // side of attachGate, so that EnableFiles gets the kernel's trace event
 // lock after the close in flight rather than after all of them (a close
 // holds that lock for RCU grace periods, tens of milliseconds).
-func (t *Tracer) closeLinksYielding(links []link.Link) error {
+// open counts the links left.
+func (t *Tracer) closeLinksYielding(links []link.Link, open *atomic.Int32) error {
 	errs := make([]error, len(links))
 	for i, l := range links {
 		t.attachGate.RLock()
 		errs[i] = l.Close()
+		open.Add(-1)
 		t.attachGate.RUnlock()
 	}
 	return errors.Join(errs...)
