@@ -37,9 +37,10 @@ func TestExecMatchTracksAndConfines(t *testing.T) {
 	if !h.src.tracked[100] || h.src.tracked[101] {
 		t.Fatalf("kernel tracked set = %v, want only 100", h.src.tracked)
 	}
-	// The first candidate was held (file tracing was off): confined, file
-	// tracing on, resumed. 101 came with file tracing on: not held.
-	want := []string{"confine " + treeName("restic", 100, 1000*s) + " 100", "resume 100"}
+	// The first candidate was held (file tracing was off): file tracing
+	// on, resumed (the fake enforcer refuses a resume before), then
+	// confined while it runs. 101 came with file tracing on: not held.
+	want := []string{"resume 100", "confine " + treeName("restic", 100, 1000*s) + " 100"}
 	if calls := h.enf.callList(); !slices.Equal(calls, want) {
 		t.Fatalf("enforcer calls = %v, want %v", calls, want)
 	}

@@ -12,8 +12,10 @@ import (
 // in the order the loop asks, together with the calls whose order against
 // it matters, queued behind it:
 //
-//   - a held process is resumed, and taken off the kernel's hold record,
-//     after it is confined (it never runs outside its tree's cgroup);
+//   - a held process other than a new tree's root is resumed, and taken
+//     off the kernel's hold record, after what was queued before it (a new
+//     tree's root is resumed at once, before its own confinement: the
+//     kernel records its files and forks from its exec, see newTree);
 //   - a member that exits while its confinement is queued is forgotten
 //     after it (else the enforcer would keep a pidfd of the dead process);
 //   - a tree is cleaned up and released after its confinements (the

@@ -60,9 +60,15 @@ func (a *Agent) onExec(ev node.Event) {
 	// The kernel stopped the new process at exec (a comm of a rule with
 	// max_running, or file tracing was off): whatever is decided below, it
 	// runs on unless it is ended at its cap. (The kernel never holds a
-	// process it tracks, so a member's own exec is not held.)
-	if p.Held {
-		defer a.resumeHeld(p.PID, p.Born)
+	// process it tracks, so a member's own exec is not held.) A new tree
+	// resumes its root itself, as soon as its files are recorded.
+	held := p.Held
+	if held {
+		defer func() {
+			if held {
+				a.resumeHeld(p.PID, p.Born)
+			}
+		}()
 	}
 	stale := a.stale(ev.Time)
 	if m, ok := a.procs[p.PID]; ok && node.SameBorn(m.Born, p.Born) {
@@ -101,7 +107,9 @@ func (a *Agent) onExec(ev node.Event) {
 		a.untrack(p.PID)
 		return
 	}
-	a.newTree(r, p, true)
+	if a.newTree(r, p, true) {
+		held = false
+	}
 }
 
 func (a *Agent) onFork(ev node.Event) {

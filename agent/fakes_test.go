@@ -477,13 +477,15 @@ func (h *harness) execEvent(pid, ppid int, at time.Duration, comm string, args .
 }
 
 // holds says what the kernel does at exec: a candidate it does not track
-// yet is stopped if its comm is held or file tracing is off.
+// yet is tracked (pending the agent's decision, so its forks and files
+// are recorded), and stopped if its comm is held or file tracing is off.
 func (s *fakeSource) holds(pid int, comm string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tracked[pid] || !slices.Contains(s.comms, comm) {
 		return false
 	}
+	s.tracked[pid] = true
 	return slices.Contains(s.hold, comm) || !s.filesOn
 }
 

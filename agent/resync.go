@@ -90,16 +90,20 @@ func (a *Agent) settlePending(pending []int, scan []node.Process) {
 // confinement (see confine.go).
 func (a *Agent) resumeHeld(pid int, born time.Duration) {
 	m, ok := a.procs[pid]
-	resume := !ok || !m.tree.capped || a.monitor()
-	a.enqueue(nil, func() {
-		if resume {
-			if err := a.enf.Resume(pid, born); err != nil {
-				a.log.Debug("resume held process", "pid", pid, "err", err)
-			}
+	cont := !ok || !m.tree.capped || a.monitor()
+	a.enqueue(nil, func() { a.resume(pid, born, cont) })
+}
+
+// resume continues pid (when cont) and takes it off the kernel's hold
+// record, decided either way, so the guard leaves it alone. A new tree's
+// root is resumed this way at once, before its confinement (newTree).
+func (a *Agent) resume(pid int, born time.Duration, cont bool) {
+	if cont {
+		if err := a.enf.Resume(pid, born); err != nil {
+			a.log.Debug("resume held process", "pid", pid, "err", err)
 		}
-		// Decided either way: off the record, so the guard leaves it alone.
-		if err := a.src.HoldDone(pid); err != nil {
-			a.log.Debug("hold record", "pid", pid, "err", err)
-		}
-	})
+	}
+	if err := a.src.HoldDone(pid); err != nil {
+		a.log.Debug("hold record", "pid", pid, "err", err)
+	}
 }

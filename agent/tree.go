@@ -27,16 +27,30 @@ func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration)
 
 // newTree starts tracking a process that matched rule r at exec (atExec)
 // or in a scan. Past its rule's max_running, a process that has just
-// executed is ended at once; one found running is only counted.
-func (a *Agent) newTree(r *Rule, p node.Process, atExec bool) {
+// executed is ended at once; one found running is only counted. It
+// reports whether it resumed p, held at exec (see below); if not, the
+// caller decides on the hold.
+func (a *Agent) newTree(r *Rule, p node.Process, atExec bool) (resumed bool) {
 	if !a.roomFor(p.PID) {
-		return
+		return false
 	}
+	capped := atExec && r.MaxRunning > 0 && a.running[r.Name] >= r.MaxRunning
 	t := a.makeTree(treeName(r.Name, p.PID, p.Start), r, p.PID, p.Start)
+	if p.Held && !capped {
+		// The file programs are attached (makeTree) and the kernel has
+		// tracked the candidate since its exec, so every file change it
+		// makes from here is recorded: it waits for nothing else. Moving
+		// it into its tree's cgroup (a cgroup migration: milliseconds,
+		// more under the cgroup lock) follows while it runs; a child it
+		// forks meanwhile is tracked by the kernel and confined when its
+		// fork is read, as every member is.
+		a.resume(p.PID, p.Born, true)
+		resumed = true
+	}
 	m := a.join(t, p)
-	if atExec && r.MaxRunning > 0 && a.running[r.Name] >= r.MaxRunning {
+	if capped {
 		a.capTree(t, m)
-		return
+		return resumed
 	}
 	t.counted = true
 	a.running[r.Name]++
@@ -46,6 +60,7 @@ func (a *Agent) newTree(r *Rule, p node.Process, atExec bool) {
 	if err := a.src.WatchParent(p.PID, p.PPID); err != nil {
 		a.log.Debug("watch parent", "pid", p.PID, "ppid", p.PPID, "err", err)
 	}
+	return resumed
 }
 
 // addMember adds a process forked by a member of t.

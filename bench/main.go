@@ -3,8 +3,9 @@
 // processes, kill latency (against a naive 1 s procfs poller), memory per
 // tracked process, start-up time, idle CPU and a mass deadline; and the
 // agent's CPU when 1,000 trees are sampled for stalls (issue 16); kill
-// latency while other trees' cleanups run (issue 14); and the getppid rate
-// of the node with one engine tracked against an idle agent (issue 17).
+// latency while other trees' cleanups run (issue 14); the getppid rate
+// of the node with one engine tracked against an idle agent, and how long
+// the kernel holds a new engine at exec against an unheld exec (issue 17).
 //
 // It runs as root (`make bench`), starts the real agent binary, and starts
 // every process it measures itself, inside a cgroup of its own
@@ -44,9 +45,13 @@ var targets = []target{
 	{"stall", stallCost},
 	{"cleanup", killWithCleanup},
 	{"getppid", getppidRatio},
+	{"hold", holdRounds},
 }
 
 func main() {
+	if isProbe() {
+		os.Exit(probeMain())
+	}
 	if len(os.Args) > 1 && os.Args[1] == workerCmd {
 		os.Exit(spawnWorker(os.Args[2:]))
 	}

@@ -167,12 +167,17 @@ func newLauncher(dir, path string, r *reaper, wd string) (*launcher, error) {
 
 // start runs argv (argv[0] an absolute path) in the launcher's cgroup.
 func (l *launcher) start(argv ...string) (*child, error) {
+	return l.startWith(l.devnul.Fd(), argv...)
+}
+
+// startWith is start with stdout on the descriptor out.
+func (l *launcher) startWith(out uintptr, argv ...string) (*child, error) {
 	c := &child{pidfd: -1, done: make(chan struct{})}
 	nul := l.devnul.Fd()
 	attr := &syscall.ProcAttr{
 		Dir:   l.wd,
 		Env:   []string{"PATH=/usr/bin:/bin"},
-		Files: []uintptr{nul, nul, nul},
+		Files: []uintptr{nul, out, nul},
 		Sys: &syscall.SysProcAttr{
 			UseCgroupFD: true, CgroupFD: l.cgfd,
 			PidFD:   &c.pidfd,

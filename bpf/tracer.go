@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -66,6 +68,10 @@ type Tracer struct {
 	// second each); detachErr is what they failed, guarded by fmu.
 	detaching sync.WaitGroup
 	detachErr error
+	// attachGate lets an attach pass a detach: EnableFiles attaches under
+	// its write side, and the background detach closes one link at a time
+	// under its read side, so an attach waits for one close at most.
+	attachGate sync.RWMutex
 
 	// pending holds records read by Calibrate that were not its own; Read
 	// delivers them first, in order.
@@ -195,6 +201,7 @@ type fileSet struct {
 	exit                  *ebpf.Program // tp_exit_file, on every sys_exit_X of enter
 	enterLinks, exitLinks []link.Link
 	closing               chan struct{} // closed when its links are closed; nil when idle
+	open                  atomic.Int32  // its links not closed yet
 }
 
 // fileHook is a file syscall program and its tracepoint.
@@ -469,16 +476,20 @@ func (t *Tracer) EnableFiles() error {
 	// stashed arguments at its exit and is not reported. The other set's
 	// programs may still run for a moment: an enter stashes the same
 	// arguments twice, the first exit takes them and the second finds none.
+	t.attachGate.Lock()
 	exits, err := attachSyscalls(fs.exits())
 	if err != nil {
+		t.attachGate.Unlock()
 		return err
 	}
 	enters, err := attachSyscalls(fs.enter)
+	t.attachGate.Unlock()
 	if err != nil {
 		closeLinks(exits)
 		return err
 	}
 	fs.enterLinks, fs.exitLinks = enters, exits
+	fs.open.Store(int32(len(enters) + len(exits)))
 	t.on, t.filesOn = fs, true
 	if err := t.writeConfig(); err != nil {
 		t.on, t.filesOn = nil, false
@@ -519,9 +530,11 @@ func (t *Tracer) DisableFiles() (bool, error) {
 		t.filesOn = true
 		return false, errors.Join(err, t.writeConfig())
 	}
-	// Closing a tracepoint link waits for RCU grace periods, one link
-	// after another: about a second for a set, so it is done in the
-	// background.
+	// Closing a tracepoint link waits for RCU grace periods under the
+	// kernel's trace event lock, one link after another whoever closes
+	// them: about a second for a set, so it is done in the background,
+	// one link at a time, pausing for an attach (attachGate): a process
+	// held at exec meanwhile waits for one close, not for the set.
 	fs := t.on
 	t.on = nil
 	enters, exits := fs.enterLinks, fs.exitLinks
@@ -529,7 +542,8 @@ func (t *Tracer) DisableFiles() (bool, error) {
 	done := make(chan struct{})
 	fs.closing = done
 	t.detaching.Go(func() {
-		err := errors.Join(closeLinks(enters), closeLinks(exits))
+		// Enters first: a call whose enter ran finds its exit attached.
+		err := t.closeLinksYielding(slices.Concat(enters, exits), &fs.open)
 		t.fmu.Lock()
 		defer t.fmu.Unlock()
 		fs.closing = nil
@@ -582,9 +596,24 @@ func attachSyscalls(hooks []fileHook) ([]link.Link, error) {
 	return links, nil
 }
 
-// closeLinks closes links concurrently: detaching a tracepoint waits for
-// an RCU grace period, so one after another takes seconds, together a few
-// milliseconds.
+// closeLinksYielding closes links one after another, each under the read
+// side of attachGate, so that EnableFiles gets the kernel's trace event
+// lock after the close in flight rather than after all of them (a close
+// holds that lock for RCU grace periods, tens of milliseconds).
+// open counts the links left.
+func (t *Tracer) closeLinksYielding(links []link.Link, open *atomic.Int32) error {
+	errs := make([]error, len(links))
+	for i, l := range links {
+		t.attachGate.RLock()
+		errs[i] = l.Close()
+		open.Add(-1)
+		t.attachGate.RUnlock()
+	}
+	return errors.Join(errs...)
+}
+
+// closeLinks closes links concurrently (at Close and after a failed
+// attach, when nothing waits to attach).
 func closeLinks(links []link.Link) error {
 	errs := make([]error, len(links))
 	var wg sync.WaitGroup

@@ -1131,6 +1131,74 @@ func TestFilesReattachWhileDetaching(t *testing.T) {
 	}
 }
 
+// An attach does not wait for a detach in flight: the detach closes its
+// links one at a time and lets EnableFiles in between (each close holds
+// the kernel's trace event lock for RCU grace periods; all of a set's
+// take about a second). So most of the first set's links are still open
+// when the attach of the second returns, and a file created then is
+// reported once; the detach then finishes, and the second set goes on
+// reporting.
+func TestAttachPassesADetach(t *testing.T) {
+	h := newHarness(t, Options{FileTracing: FileTracingTracepoint})
+	dir := t.TempDir()
+	first := h.tr.sets[0]
+	if h.tr.on != first {
+		t.Fatal("the first set is not the one attached")
+	}
+	links := first.open.Load()
+	if off, err := h.tr.DisableFiles(); !off || err != nil {
+		t.Fatalf("DisableFiles = %v, %v", off, err)
+	}
+	// Into the detach: its closes are under way (when the attach came
+	// at once, even closing every link together let it in first).
+	time.Sleep(50 * time.Millisecond)
+	began := time.Now()
+	if err := h.tr.EnableFiles(); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	left := first.open.Load()
+	h.tr.fmu.Lock()
+	on := h.tr.on
+	h.tr.fmu.Unlock()
+	if on != h.tr.sets[1] {
+		t.Fatal("attached again while the first set was detaching, but not with the second set")
+	}
+	t.Logf("the detach had closed %d of %d links when the attach returned, %v after it began", links-left, links, took)
+	if left < links/2 {
+		t.Fatalf("the detach had closed %d of %d links when the attach returned: the attach waited for the detach", links-left, links)
+	}
+	self := os.Getpid()
+	if err := h.tr.Track(self); err != nil {
+		t.Fatal(err)
+	}
+	defer h.tr.Untrack(self)
+	create := func(name string) {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h.wait(t, name+"'s record", func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == path })
+		h.drain(200 * time.Millisecond)
+		if n := h.count(func(r *Record) bool { return r.Type == TypeFile && string(r.Path) == path }); n != 1 {
+			t.Fatalf("%d records of one create of %s", n, name)
+		}
+	}
+	create("during")
+	h.tr.detaching.Wait()
+	if n := first.open.Load(); n != 0 {
+		t.Fatalf("%d links of the first set left open after its detach", n)
+	}
+	h.tr.fmu.Lock()
+	err := h.tr.detachErr
+	h.tr.fmu.Unlock()
+	if err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	create("after")
+}
+
 // Track of a candidate that was reaped before user space got to it adds
 // nothing: the kernel already dropped its entry, and a new one would stay
 // forever (keeping the file programs attached and a later process with the
