@@ -3,7 +3,7 @@
 package bpf
 
 import (
-	"os"
+	_ "embed"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -11,6 +11,12 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 )
+
+// commonH is the header, built into the test binary: it also runs where
+// the source tree is not (the kernel matrix's guests).
+//
+//go:embed common.h
+var commonH []byte
 
 // TestRecordLayout checks the record layout three ways: the Go types
 // bpf2go generated (overtime_bpfel.go) against the structs in the
@@ -99,10 +105,7 @@ func TestRecordLayout(t *testing.T) {
 	}
 
 	// The header's constants.
-	src, err := os.ReadFile("common.h")
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := commonH
 	consts := map[string]int{}
 	for _, m := range regexp.MustCompile(`(?m)^(?:#define\s+(\w+)\s+|\s+(\w+)\s*=\s*)(\d+)\b`).FindAllSubmatch(src, -1) {
 		name := string(m[1]) + string(m[2])
