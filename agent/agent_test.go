@@ -201,6 +201,24 @@ func TestStartupScanKeepsRealStartAndAdoptsTrees(t *testing.T) {
 	}
 }
 
+// A scan's start times are clock ticks (10 ms), so a child forked right
+// after its parent's exec is often born in the same tick, and may be
+// listed first: the scan still takes parents before their children.
+func TestScanTakesParentsBeforeChildrenBornInTheSameTick(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.src.scan = []node.Process{
+		{PID: 503, PPID: 502, Comm: "cat", Start: 5 * s, Born: 5 * s},
+		{PID: 502, PPID: 501, Comm: "sleep", Start: 5 * s, Born: 5 * s},
+		{PID: 501, PPID: 1, Comm: "restic", Args: []string{"restic", "backup"}, Start: 5 * s, Born: 5 * s},
+		{PID: 600, PPID: 1, Comm: "sleep", Start: 5 * s, Born: 5 * s},
+		{PID: 1, PPID: 0, Comm: "init", Start: 0, Born: 0},
+	}
+	h.start()
+	if got := h.pids(); !slices.Equal(got, []int{501, 502, 503}) {
+		t.Fatalf("tracked after scan = %v, want the restic tree 501, 502, 503", got)
+	}
+}
+
 func TestShortLivedProcessesLeaveNoTrace(t *testing.T) {
 	h := newHarness(t, resticRule)
 	h.start()

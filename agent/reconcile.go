@@ -38,6 +38,7 @@ func (a *Agent) start() error {
 // with their real start time. It runs at start and after lost events.
 func (a *Agent) reconcile(scan []node.Process, adopted map[string][]int, scanAt time.Duration) {
 	now := a.clock.Now()
+	sort.SliceStable(scan, func(i, j int) bool { return scan[i].Born < scan[j].Born })
 	alive := make(map[int]*node.Process, len(scan))
 	a.scanAt = scanAt
 	a.scanned = make(map[int]time.Duration, len(scan))
@@ -78,20 +79,31 @@ func (a *Agent) reconcile(scan []node.Process, adopted map[string][]int, scanAt 
 		}
 		a.adopt(name, adopted[name], alive)
 	}
-	// Matching processes, parents before children.
-	sort.Slice(scan, func(i, j int) bool { return scan[i].Born < scan[j].Born })
-	for i := range scan {
-		s := &scan[i]
+	// Matching processes, oldest first, each after its parent: start times
+	// are clock ticks, so a child forked at once shares its parent's.
+	seen := make(map[int]bool, len(scan))
+	var take func(s *node.Process)
+	take = func(s *node.Process) {
+		if seen[s.PID] {
+			return
+		}
+		seen[s.PID] = true
+		if parent, ok := alive[s.PPID]; ok {
+			take(parent)
+		}
 		if _, known := a.procs[s.PID]; known || s.PID == a.self || s.Zombie {
-			continue
+			return
 		}
 		if parent, ok := a.procs[s.PPID]; ok && !parent.exited {
 			a.addMember(parent.tree, *s)
-			continue
+			return
 		}
 		if r := firstMatch(a.cfg.Rules, s); r != nil {
 			a.newTree(r, *s, false)
 		}
+	}
+	for i := range scan {
+		take(&scan[i])
 	}
 }
 
