@@ -117,6 +117,9 @@ func hungFUSE(mnt, prog string) int {
 			if err == syscall.EINTR {
 				continue
 			}
+			if err == syscall.ENODEV {
+				return // unmounted or aborted: the helper's end
+			}
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "fuse helper: read:", err)
 				return
