@@ -90,6 +90,7 @@ func (a *Agent) end(t *tree, now time.Duration, why string) {
 		return
 	}
 	a.timers.add(timer{at: t.killAt, kind: timerKill, tree: t})
+	a.armKill(t, t.killAt, timerKill)
 	a.signal(t, r.Kill.Signal, r.Kill.SignalName, why)
 }
 
@@ -127,13 +128,17 @@ func (a *Agent) kill(t *tree, now time.Duration) {
 		failLog: "kill failed",
 		done:    prefix + "grace over: SIGKILL to the tree", doneLog: "killed the tree",
 		do: func() ([]any, error) {
+			var extra []any
+			if o := t.fired(); o != nil {
+				extra = []any{"by", "kill thread", "kill_delay", (o.firedAt - o.at).String()}
+			}
 			err := a.killTree(t)
 			if !t.killed {
 				t.killedAt = now
 			}
 			t.killed = true
 			a.timers.add(timer{at: now + confirmDelay(0), kind: timerConfirm, tree: t})
-			return nil, err
+			return extra, err
 		}})
 }
 

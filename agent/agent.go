@@ -40,6 +40,9 @@ type Options struct {
 	// FilesIdle is how long nothing is tracked before the file tracepoints
 	// are detached (0: DefaultFilesIdle).
 	FilesIdle time.Duration
+	// KillAlarm rings the kill thread, which then calls KillsDue (nil: the
+	// loop sends every kill itself; see killer.go).
+	KillAlarm KillAlarm
 	// FileTracingMode is how the kernel side records file changes
 	// ("fentry" or "tracepoint"), exported as overtime_file_tracing_mode
 	// (empty: not exported).
@@ -59,6 +62,8 @@ type Agent struct {
 	log   *slog.Logger
 	m     *Metrics
 	self  int
+
+	killer *killer // nil: no kill thread
 
 	// mu guards everything below: the loop writes, HTTP handlers and the
 	// metrics collector read.
@@ -146,6 +151,9 @@ func New(o Options) *Agent {
 		reloads: make(chan *Config, 1),
 		back:    make(chan result, backlog),
 		done:    make(chan struct{}),
+	}
+	if o.KillAlarm != nil {
+		a.killer = &killer{alarm: o.KillAlarm, kill: o.Enforcer.Kill, now: o.Clock.Now}
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
 	if o.FileTracingMode != "" {

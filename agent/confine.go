@@ -116,8 +116,15 @@ func (t *tree) confined() {
 }
 
 // killTree sends SIGKILL to t (see Enforcer.Kill) once its members are
-// confined.
+// confined, unless the kill thread has sent the one armed (see killer.go).
 func (a *Agent) killTree(t *tree) error {
+	if o := t.order; o != nil {
+		t.order = nil
+		if !o.state.CompareAndSwap(orderArmed, orderTaken) && o.state.Load() == orderFired {
+			<-o.done
+			return o.err
+		}
+	}
 	t.confined()
 	return a.enf.Kill(t.name)
 }

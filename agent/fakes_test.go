@@ -410,13 +410,23 @@ type harness struct {
 
 func newHarness(t *testing.T, yaml string) *harness {
 	t.Helper()
+	return newHarnessWith(t, yaml, nil)
+}
+
+// newHarnessWith builds the harness's agent with the options set changes.
+func newHarnessWith(t *testing.T, yaml string, set func(*Options)) *harness {
+	t.Helper()
 	cfg, err := ParseConfig("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	h := &harness{t: t, src: newFakeSource(), enf: newFakeEnforcer(), prog: newFakeProgress(), clock: &fakeClock{now: 1000 * time.Second}, reg: prometheus.NewRegistry()}
 	h.enf.src = h.src
-	h.a = New(Options{Config: cfg, Source: h.src, Enforcer: h.enf, Progress: h.prog, Unmounter: h.enf, Clock: h.clock, Registry: h.reg, Self: 1})
+	o := Options{Config: cfg, Source: h.src, Enforcer: h.enf, Progress: h.prog, Unmounter: h.enf, Clock: h.clock, Registry: h.reg, Self: 1}
+	if set != nil {
+		set(&o)
+	}
+	h.a = New(o)
 	return h
 }
 

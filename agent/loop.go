@@ -30,6 +30,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-srcDone
 		return fmt.Errorf("start: %w", err)
 	}
+	a.mu.Lock()
+	a.killsOn()
+	a.mu.Unlock()
 	a.ready.Store(true)
 	a.log.Info("ready", "mode", string(a.cfg.Mode), "rules", len(a.cfg.Rules), "tracked", a.trackedCount())
 
@@ -126,6 +129,7 @@ func (a *Agent) apply(cfg *Config) {
 	a.mu.Lock()
 	old := a.cfg
 	a.cfg = cfg
+	a.killsOn()
 	a.mu.Unlock()
 	if cfg.Listen != old.Listen {
 		a.log.Warn("reload: listen address changes only at restart", "listen", old.Listen)
@@ -136,6 +140,9 @@ func (a *Agent) apply(cfg *Config) {
 // shutdown gives every tree back: its live members return to the cgroup
 // they came from and the tree cgroups are removed.
 func (a *Agent) shutdown() {
+	if a.killer != nil {
+		a.killer.stop()
+	}
 	// Cleanups in flight finish first (each releases its tree after it);
 	// what they report meanwhile is recorded, the rest is dropped.
 	cleaned := make(chan struct{})

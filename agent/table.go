@@ -60,13 +60,14 @@ type tree struct {
 	deadline time.Duration
 	killAt   time.Duration // deadline + grace
 
-	overdue    bool   // the deadline passed
-	signalled  bool   // the kill signal was sent (enforce mode)
-	killed     bool   // SIGKILL was sent through the cgroup (enforce mode)
-	ended      bool   // every member has exited
-	capped     bool   // ended at exec: its rule's max_running was reached
-	queued     queued // its work on the confinement worker (see confine.go)
-	counted    bool   // counts towards its rule's max_running
+	overdue    bool       // the deadline passed
+	signalled  bool       // the kill signal was sent (enforce mode)
+	killed     bool       // SIGKILL was sent through the cgroup (enforce mode)
+	ended      bool       // every member has exited
+	capped     bool       // ended at exec: its rule's max_running was reached
+	queued     queued     // its work on the confinement worker (see confine.go)
+	order      *killOrder // its SIGKILL armed for the kill thread (see killer.go)
+	counted    bool       // counts towards its rule's max_running
 	rootStatus int
 	confirmTry int
 	killedAt   time.Duration // when SIGKILL was first sent

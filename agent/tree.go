@@ -3,6 +3,8 @@ package agent
 import (
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"overtime/internal/node"
 )
 
@@ -21,6 +23,9 @@ func (a *Agent) makeTree(name string, r *Rule, rootPID int, start time.Duration)
 	}
 	a.trees[name] = t
 	a.timers.add(timer{at: t.deadline, kind: timerDeadline, tree: t})
+	if r.Kill.Signal == unix.SIGKILL {
+		a.armKill(t, t.deadline, timerDeadline)
+	}
 	a.watchProgress(t, a.clock.Now())
 	return t
 }
@@ -150,6 +155,8 @@ func (a *Agent) dropTree(t *tree) {
 
 // endTree runs when the last member of t has exited.
 func (a *Agent) endTree(t *tree, at time.Duration) {
+	a.settleKill(t)
+	a.dropKill(t)
 	t.ended = true
 	if t.counted {
 		a.running[t.rule.Name]--

@@ -197,7 +197,7 @@ func TestRemove(t *testing.T) {
 		}
 		dev, ino := devIno(t, f)
 		release := holdOpen(t, f)
-		withoutCapLease(t, func() {
+		withoutCaps(t, func() {
 			if fd, err := unix.Open(f, unix.O_RDONLY, 0); err == nil {
 				_, lerr := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_RDLCK)
 				unix.Close(fd)
@@ -206,12 +206,12 @@ func TestRemove(t *testing.T) {
 				}
 			}
 			mustRemove(t, e, name, f, dev, ino, false, SkipHeldOpen)
-		})
+		}, unix.CAP_LEASE)
 		if !exists(f) {
 			t.Fatal("held file removed")
 		}
 		release()
-		withoutCapLease(t, func() { mustRemove(t, e, name, f, dev, ino, false, "") })
+		withoutCaps(t, func() { mustRemove(t, e, name, f, dev, ino, false, "") }, unix.CAP_LEASE)
 	})
 
 	t.Run("directories", func(t *testing.T) {
@@ -368,9 +368,9 @@ func TestRemoveInMountNamespace(t *testing.T) {
 	mustRemove(t, e, name, node, dev, ino, false, SkipNoNamespace)
 }
 
-// withoutCapLease runs f on this goroutine's thread with CAP_LEASE out of
-// its effective set (capabilities are per thread), and puts it back.
-func withoutCapLease(t *testing.T, f func()) {
+// withoutCaps runs f on this goroutine's thread with caps out of its
+// effective set (capabilities are per thread), and puts them back.
+func withoutCaps(t *testing.T, f func(), caps ...int) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -380,13 +380,15 @@ func withoutCapLease(t *testing.T, f func()) {
 		t.Fatal(err)
 	}
 	saved := data
-	data[unix.CAP_LEASE/32].Effective &^= 1 << (unix.CAP_LEASE % 32)
+	for _, c := range caps {
+		data[c/32].Effective &^= 1 << (c % 32)
+	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
 		if err := unix.Capset(&hdr, &saved[0]); err != nil {
-			panic("restore CAP_LEASE: " + err.Error())
+			panic("restore capabilities: " + err.Error())
 		}
 	}()
 	f()

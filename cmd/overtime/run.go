@@ -27,7 +27,7 @@ import (
 
 type runFlags struct {
 	config, listen, mode, logFormat, logLevel string
-	ringBuffer                                int
+	ringBuffer, killPriority                  int
 	pprof                                     bool
 	filesIdle, holdBound                      time.Duration
 	fileTracing                               string
@@ -47,6 +47,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.filesIdle, "file-tracing-idle", agent.DefaultFilesIdle, "detach the file syscall tracepoints after this long with nothing tracked")
 	fs.StringVar(&f.fileTracing, "file-tracing", "auto", "how file changes are recorded: auto (fentry where the kernel allows it, else the syscall tracepoints), fentry or tracepoint")
 	fs.DurationVar(&f.holdBound, "hold-bound", DefaultHoldBound, "resume a process the kernel stopped at exec after this long, even when the agent is down (up to 10s while the agent is attaching the file tracepoints for it)")
+	fs.IntVar(&f.killPriority, "kill-thread-priority", 1, "SCHED_FIFO priority (1-99) of the thread that sends SIGKILL at deadlines; 0 runs it at the normal policy")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -69,6 +70,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if _, err := bpf.ParseFileTracing(f.fileTracing); err != nil {
 		fmt.Fprintf(stderr, "overtime run: --file-tracing: %v\n", err)
+		return exitUsage
+	}
+	if f.killPriority < 0 || f.killPriority > 99 {
+		fmt.Fprintf(stderr, "overtime run: --kill-thread-priority %d: must be from 0 to 99\n", f.killPriority)
 		return exitUsage
 	}
 	if f.filesIdle <= 0 {
@@ -176,12 +181,24 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	defer stopGuard()
 	src := collector.NewSource(tracer, procfs, log)
 
+	killThread, err := enforcer.NewKillThread()
+	if err != nil {
+		return fmt.Errorf("kill thread: %w", err)
+	}
+	defer killThread.Close()
+
 	reg := prometheus.NewRegistry()
 	a := agent.New(agent.Options{
 		Config: cfg, Source: src, Enforcer: enf, Progress: procfs, Unmounter: enf, Clock: collector.BootClock{},
 		Logger: log, Registry: reg, Build: buildInfo(), FilesIdle: f.filesIdle,
-		FileTracingMode: string(tracer.FileTracing()),
+		FileTracingMode: string(tracer.FileTracing()), KillAlarm: killThread,
 	})
+	switch pol := killThread.Start(f.killPriority, a.KillsDue); {
+	case pol.Why != nil:
+		log.Warn("kill thread runs at the normal priority: deadlines may wait for a CPU on a busy node", "why", pol.Why)
+	default:
+		log.Info("kill thread", "policy", pol.Policy, "priority", pol.Priority)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
