@@ -305,12 +305,13 @@ func runCell(qemu, cache, initrd string, c *cell, set testSet, mem string, scale
 	console, results := filepath.Join(dir, "console.log"), filepath.Join(dir, "results.log")
 	ctx, cancel := context.WithTimeout(context.Background(), set.cellTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
+	args := append([]string{
 		"-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", mem,
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", c.k.vmlinuz, "-initrd", initrd,
 		"-append", fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 rdinit=/init ovt.cgroup=%s ovt.set=%s ovt.timescale=%v", c.layout, set.name, scale),
-		"-serial", "file:"+console, "-serial", "file:"+results)
+		"-serial", "file:" + console, "-serial", "file:" + results}, set.qemuArgs...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("timed out after %v (console in %s): %w", set.cellTimeout, console, ctx.Err())
