@@ -153,7 +153,7 @@ func New(o Options) *Agent {
 		done:    make(chan struct{}),
 	}
 	if o.KillAlarm != nil {
-		a.killer = &killer{alarm: o.KillAlarm, kill: o.Enforcer.Kill, now: o.Clock.Now}
+		a.killer = &killer{alarm: o.KillAlarm, kill: a.killCgroup, now: o.Clock.Now}
 	}
 	a.m = NewMetrics(o.Registry, o.Build)
 	if o.FileTracingMode != "" {

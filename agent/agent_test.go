@@ -430,6 +430,24 @@ func TestMaxRunningCapsAtExec(t *testing.T) {
 	}
 }
 
+// A short-lived engine over the cap may exit before its confinement: the
+// kill at exec then finds nothing left, and that is no error.
+func TestCapOfAnEngineAlreadyGone(t *testing.T) {
+	cfg := strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 1", 1)
+	h := newHarness(t, cfg)
+	h.start()
+	h.exec(100, 1, s, "restic", "backup")
+	h.enf.gone[101] = true
+	h.exec(101, 1, s, "restic", "backup")
+	if h.enf.count("kill "+treeName("restic", 101, s)) != 1 {
+		t.Fatalf("calls %v, want 101 killed at exec", h.enf.callList())
+	}
+	acts := h.a.Actions()
+	if last := acts[len(acts)-1]; last.Action != "cap" || last.Result != "ok" || last.PID != 101 {
+		t.Fatalf("last action = %+v, want cap ok", last)
+	}
+}
+
 func TestMaxRunningMonitorOnlyCounts(t *testing.T) {
 	cfg := "mode: monitor\n" + strings.Replace(resticRule, "timeout: 5m", "timeout: 5m\n    max_running: 1", 1)
 	h := newHarness(t, cfg)

@@ -126,5 +126,15 @@ func (a *Agent) killTree(t *tree) error {
 		}
 	}
 	t.confined()
-	return a.enf.Kill(t.name)
+	return a.killCgroup(t.name)
+}
+
+// killCgroup kills tree name through the enforcer. A tree none of whose
+// processes the enforcer knows (each exited before its confinement, as a
+// short-lived engine capped at exec may) has nothing left to kill.
+func (a *Agent) killCgroup(name string) error {
+	if err := a.enf.Kill(name); err != nil && !isGone(err) {
+		return err
+	}
+	return nil
 }

@@ -261,6 +261,10 @@ func (e *fakeEnforcer) Kill(tree string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.log("kill %s", tree)
+	if e.members[tree] == nil {
+		// As the enforcer: no member was ever confined.
+		return fmt.Errorf("kill %s: unknown tree: %w", tree, goneErr{})
+	}
 	return nil
 }
 

@@ -226,6 +226,10 @@ func TestPIDReuseGuard(t *testing.T) {
 	if _, err := e.Signal(name, 0); !errors.Is(err, ErrUnknownTree) {
 		t.Fatalf("refused pid left a tree behind: %v", err)
 	}
+	// Nothing of the tree is known: a kill says it is gone.
+	if err := e.Kill(name); !errors.Is(err, ErrUnknownTree) || !errors.As(err, &g) || !g.Gone() {
+		t.Fatalf("Kill of a tree never confined: %v, want unknown tree, gone", err)
+	}
 	// The right start time is accepted.
 	confine(t, e, name, q)
 }

@@ -29,9 +29,15 @@ var (
 	// one the caller saw: the pid now names another process.
 	ErrPIDReused = errors.New("pid reused")
 	// ErrUnknownTree is returned by Signal and Kill for a tree that was
-	// never confined or adopted.
-	ErrUnknownTree = errors.New("unknown tree")
+	// never confined or adopted: none of its processes is known, as each
+	// exited before it could be confined. It says so by shape (Gone).
+	ErrUnknownTree error = unknownTree{}
 )
+
+type unknownTree struct{}
+
+func (unknownTree) Error() string { return "unknown tree" }
+func (unknownTree) Gone() bool    { return true }
 
 // busyError: the tree cgroup still holds tasks that are finishing their
 // exit (the exit tracepoint fires before the kernel takes a task out of its
