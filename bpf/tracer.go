@@ -72,6 +72,8 @@ type Tracer struct {
 	// its write side, and the background detach closes one link at a time
 	// under its read side, so an attach waits for one close at most.
 	attachGate sync.RWMutex
+	// afterClose, when set (tests), runs after each close of a detach.
+	afterClose func()
 
 	// pending holds records read by Calibrate that were not its own; Read
 	// delivers them first, in order.
@@ -608,6 +610,9 @@ func (t *Tracer) closeLinksYielding(links []link.Link, open *atomic.Int32) error
 		errs[i] = l.Close()
 		open.Add(-1)
 		t.attachGate.RUnlock()
+		if t.afterClose != nil {
+			t.afterClose()
+		}
 	}
 	return errors.Join(errs...)
 }

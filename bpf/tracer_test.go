@@ -1146,15 +1146,33 @@ func TestAttachPassesADetach(t *testing.T) {
 		t.Fatal("the first set is not the one attached")
 	}
 	links := first.open.Load()
+	// The detach pauses after its first close while the attach comes:
+	// on some kernels (5.10) the whole set closes in a few milliseconds.
+	closed, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h.tr.afterClose = func() { once.Do(func() { close(closed); <-resume }) }
+	defer func() {
+		select {
+		case <-resume:
+		default:
+			close(resume)
+		}
+	}()
 	if off, err := h.tr.DisableFiles(); !off || err != nil {
 		t.Fatalf("DisableFiles = %v, %v", off, err)
 	}
-	// Into the detach: its closes are under way (when the attach came
-	// at once, even closing every link together let it in first).
-	time.Sleep(50 * time.Millisecond)
+	<-closed
 	began := time.Now()
-	if err := h.tr.EnableFiles(); err != nil {
-		t.Fatal(err)
+	attached := make(chan error, 1)
+	go func() { attached <- h.tr.EnableFiles() }()
+	select {
+	case err := <-attached:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(resume)
+		t.Fatal("the attach waits for the paused detach")
 	}
 	took := time.Since(began)
 	left := first.open.Load()
@@ -1165,9 +1183,10 @@ func TestAttachPassesADetach(t *testing.T) {
 		t.Fatal("attached again while the first set was detaching, but not with the second set")
 	}
 	t.Logf("the detach had closed %d of %d links when the attach returned, %v after it began", links-left, links, took)
-	if left < links/2 {
-		t.Fatalf("the detach had closed %d of %d links when the attach returned: the attach waited for the detach", links-left, links)
+	if left != links-1 {
+		t.Fatalf("the detach had closed %d of %d links when the attach returned, want the one before its pause", links-left, links)
 	}
+	close(resume)
 	self := os.Getpid()
 	if err := h.tr.Track(self); err != nil {
 		t.Fatal(err)
