@@ -27,6 +27,8 @@ type bench struct {
 	quick bool
 	// heapProfile: where the memory target saves the agent's heap profile.
 	heapProfile string
+	// load: how many CPU hogs the load target runs beside its kills.
+	load int
 	// nofile is RLIMIT_NOFILE, which the agents inherit.
 	nofile uint64
 	tmp    string // scratch directory: engines, configs, agent logs

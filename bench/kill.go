@@ -151,6 +151,15 @@ func killLatency(b *bench) error {
 // an agent of its own with config, in a cgroup named cg, and returns their
 // kill latencies, reported under name.
 func killBatch(b *bench, cg, name, config string, n int, spreadOver, timeout time.Duration) ([]time.Duration, error) {
+	k, err := runKillBatch(b, cg, config, n, spreadOver, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return k.report(b, name), nil
+}
+
+// runKillBatch is killBatch without the report.
+func runKillBatch(b *bench, cg, config string, n int, spreadOver, timeout time.Duration) (*killResult, error) {
 	l, err := b.subCgroup(cg)
 	if err != nil {
 		return nil, err
@@ -164,13 +173,34 @@ func killBatch(b *bench, cg, name, config string, n int, spreadOver, timeout tim
 	if err != nil {
 		return nil, err
 	}
-	return finishKill(b, a, run, name, timeout, timeout+spreadOver+15*time.Second)
+	return collectKill(a, run, timeout, timeout+spreadOver+15*time.Second)
+}
+
+// killResult is what a kill run leaves: the kill latencies, the agent's
+// metrics once the roots are gone, and what its table still held after
+// the drain.
+type killResult struct {
+	lat                       []time.Duration
+	m                         metrics
+	early, unnamed, notKilled int
+	left                      []apiProcess
+	drain                     time.Duration
 }
 
 // finishKill waits up to wait for every root of run to exit, reports the
 // kill latencies under name, checks that the agent's table drains, and
 // returns the latencies.
 func finishKill(b *bench, a *agent, run *killRun, name string, timeout, wait time.Duration) ([]time.Duration, error) {
+	k, err := collectKill(a, run, timeout, wait)
+	if err != nil {
+		return nil, err
+	}
+	return k.report(b, name), nil
+}
+
+// collectKill waits up to wait for every root of run to exit, reads the
+// agent's metrics, and waits for its table to drain.
+func collectKill(a *agent, run *killRun, timeout, wait time.Duration) (*killResult, error) {
 	lat, early, unnamed, notKilled, err := run.latencies(timeout, wait)
 	if err != nil {
 		return nil, err
@@ -180,19 +210,25 @@ func finishKill(b *bench, a *agent, run *killRun, name string, timeout, wait tim
 	if err != nil {
 		return nil, err
 	}
-	reportKill(b, name, lat, m, early, unnamed, notKilled)
 	// Killed members stay in the table until their parent reaps them;
 	// orphans wait for PID 1.
 	procs, drain, err := a.waitEmpty(15*time.Second, 100*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}
-	b.out.check(name+"_table_after", fmt.Sprintf("%d processes", len(procs)),
-		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", drain.Round(100*time.Millisecond)), len(procs) == 0)
-	if len(procs) > 0 {
-		b.out.note("left in the table: %s", stateCounts(procs))
+	return &killResult{lat: lat, m: m, early: early, unnamed: unnamed, notKilled: notKilled, left: procs, drain: drain}, nil
+}
+
+// report prints the figures of k under name (reportKill, and the table
+// after the drain) and returns its latencies.
+func (k *killResult) report(b *bench, name string) []time.Duration {
+	reportKill(b, name, k.lat, k.m, k.early, k.unnamed, k.notKilled)
+	b.out.check(name+"_table_after", fmt.Sprintf("%d processes", len(k.left)),
+		fmt.Sprintf("0, drained in %v (orphans wait for PID 1 to reap them)", k.drain.Round(100*time.Millisecond)), len(k.left) == 0)
+	if len(k.left) > 0 {
+		b.out.note("left in the table: %s", stateCounts(k.left))
 	}
-	return lat, nil
+	return k.lat
 }
 
 // reportKill prints the latency figures of one batch: measured by the
@@ -299,37 +335,19 @@ func procStat(pid int) (string, time.Duration, bool) {
 
 // memoryAndKill10k: 10,000 tracked processes started over 8 s: the
 // agent's RSS once it tracks them all against its RSS idle, then their
-// kill latency as their deadlines come. They are one-process trees (a copy
-// of sleep) when the open-file limit lets the agent hold four descriptors
-// a tree (member pidfd, root, mount namespace, parent watch); otherwise
-// four-process trees (a script and three sleeps), which need 7 a tree.
+// kill latency as their deadlines come. The trees are newKill10k's.
 func memoryAndKill10k(b *bench) error {
-	procs, spreadOver := 10000, 8*time.Second
-	if b.quick {
-		procs, spreadOver = 2000, 3*time.Second
-	}
-	per, argv := 1, []string{b.engine(engSleep), "3600"}
-	if b.nofile < uint64(4*procs+2000) {
-		per, argv = 4, []string{b.engine(engKill4)}
-	}
-	n := procs / per
-	// Room for the start to fall behind its pace on a loaded node: the
-	// first deadline must come after the last tree is tracked.
-	timeout := spreadOver + 20*time.Second
+	k := newKill10k(b)
 	b.out.section(fmt.Sprintf("4. memory and kill latency at scale: %d processes in %d trees of %d (%s) started over %v",
-		procs, n, per, filepath.Base(argv[0]), spreadOver))
-	if per > 1 {
+		k.procs, k.n, k.per, filepath.Base(k.argv[0]), k.spreadOver))
+	if k.per > 1 {
 		b.out.note("RLIMIT_NOFILE is %d and cannot be raised here (no CAP_SYS_RESOURCE): %d one-process trees would need %d descriptors in the agent",
-			b.nofile, procs, 4*procs)
+			b.nofile, k.procs, 4*k.procs)
 	}
-	if err := needPIDs(procs); err != nil {
+	if err := needPIDs(k.procs); err != nil {
 		return err
 	}
-	l, err := b.subCgroup("memory")
-	if err != nil {
-		return err
-	}
-	a, err := b.runAgent("memory", killConfig(timeout), "--pprof")
+	l, a, err := k.agent(b, "memory", "--pprof")
 	if err != nil {
 		return err
 	}
@@ -338,7 +356,7 @@ func memoryAndKill10k(b *bench) error {
 	if err != nil {
 		return err
 	}
-	run, err := startKillRun(a, l, n, procs, spreadOver, timeout, argv...)
+	run, err := k.start(a, l)
 	if err != nil {
 		return err
 	}
@@ -362,8 +380,8 @@ func memoryAndKill10k(b *bench) error {
 	} else {
 		b.out.note("hold guard RSS: %v", err)
 	}
-	b.out.check("memory_rss_10k", mib(rss1), fmt.Sprintf("≤ 40 MiB, VmRSS tracking %d processes", procs), rss1 <= 40<<20)
-	b.out.info("memory_bytes_per_process", fmt.Sprintf("%.0f B", float64(rss1-rss0)/float64(procs)), "(RSS delta) / processes")
+	b.out.check("memory_rss_10k", mib(rss1), fmt.Sprintf("≤ 40 MiB, VmRSS tracking %d processes", k.procs), rss1 <= 40<<20)
+	b.out.info("memory_bytes_per_process", fmt.Sprintf("%.0f B", float64(rss1-rss0)/float64(k.procs)), "(RSS delta) / processes")
 	if heap > 0 {
 		b.out.info("memory_go_heap_inuse", mib(heap), "runtime HeapInuse, from /debug/pprof/heap")
 	}
@@ -373,8 +391,80 @@ func memoryAndKill10k(b *bench) error {
 			"anon / file-backed / of which the ring buffer's double mapping")
 	}
 
-	_, err = finishKill(b, a, run, "kill_10k", timeout, timeout+spreadOver+30*time.Second)
-	return err
+	res, err := k.collect(a, run)
+	if err != nil {
+		return err
+	}
+	res.report(b, "kill_10k")
+	return nil
+}
+
+// kill10k is the shape of the 10,000-process kill run on this machine,
+// shared by the memory target and the load target: procs processes in n
+// trees of per, argv each, started over spreadOver, killed timeout after
+// their start.
+type kill10k struct {
+	procs, per, n       int
+	argv                []string
+	spreadOver, timeout time.Duration
+}
+
+// newKill10k: one-process trees (a copy of sleep) when the open-file limit
+// lets the agent hold four descriptors a tree (member pidfd, root, mount
+// namespace, parent watch); otherwise four-process trees (a script and
+// three sleeps), which need 7 a tree.
+func newKill10k(b *bench) kill10k {
+	procs, spreadOver := 10000, 8*time.Second
+	if b.quick {
+		procs, spreadOver = 2000, 3*time.Second
+	}
+	per, argv := 1, []string{b.engine(engSleep), "3600"}
+	if b.nofile < uint64(4*procs+2000) {
+		per, argv = 4, []string{b.engine(engKill4)}
+	}
+	// Room for the start to fall behind its pace on a loaded node: the
+	// first deadline must come after the last tree is tracked.
+	timeout := spreadOver + 20*time.Second
+	return kill10k{procs: procs, per: per, n: procs / per, argv: argv, spreadOver: spreadOver, timeout: timeout}
+}
+
+// agent makes the cgroup cg and starts an agent of its own with the kill
+// rule (extra: its flags), ready.
+func (k kill10k) agent(b *bench, cg string, extra ...string) (*launcher, *agent, error) {
+	l, err := b.subCgroup(cg)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := b.runAgent(cg, killConfig(k.timeout), extra...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, a, nil
+}
+
+// start starts the trees in l and waits until a tracks them all.
+func (k kill10k) start(a *agent, l *launcher) (*killRun, error) {
+	return startKillRun(a, l, k.n, k.procs, k.spreadOver, k.timeout, k.argv...)
+}
+
+// collect waits for the kills of run and the drain of a's table.
+func (k kill10k) collect(a *agent, run *killRun) (*killResult, error) {
+	return collectKill(a, run, k.timeout, k.timeout+k.spreadOver+30*time.Second)
+}
+
+// run is one whole 10,000-process kill run in the cgroup cg, under an
+// agent of its own, unreported.
+func (k kill10k) run(b *bench, cg string) (*killResult, error) {
+	l, a, err := k.agent(b, cg)
+	if err != nil {
+		return nil, err
+	}
+	defer a.stop()
+	run, err := k.start(a, l)
+	if err != nil {
+		return nil, err
+	}
+	return k.collect(a, run)
 }
 
 // rssParts splits the agent's RSS: anonymous memory, file-backed

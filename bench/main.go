@@ -5,7 +5,10 @@
 // agent's CPU when 1,000 trees are sampled for stalls (issue 16); kill
 // latency while other trees' cleanups run (issue 14); the getppid rate
 // of the node with one engine tracked against an idle agent, and how long
-// the kernel holds a new engine at exec against an unheld exec (issue 17).
+// the kernel holds a new engine at exec against an unheld exec (issue 17);
+// and the kill tail of 1,000 trees and of 10,000 processes with -load CPU
+// hogs (default 2) running beside them, each against the same run
+// without hogs.
 //
 // It runs as root (`make bench`), starts the real agent binary, and starts
 // every process it measures itself, inside a cgroup of its own
@@ -46,6 +49,7 @@ var targets = []target{
 	{"cleanup", killWithCleanup},
 	{"getppid", getppidRatio},
 	{"hold", holdRounds},
+	{"load", killUnderLoad},
 }
 
 func main() {
@@ -55,6 +59,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == workerCmd {
 		os.Exit(spawnWorker(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == hogCmd {
+		os.Exit(cpuHog(os.Args[2:]))
+	}
 	os.Exit(run())
 }
 
@@ -63,7 +70,12 @@ func run() int {
 	only := flag.String("only", "", "comma-separated targets to run (default all): "+targetNames())
 	quick := flag.Bool("quick", false, "fewer rounds and processes (a smoke run, figures are rougher)")
 	heapProfile := flag.String("heapprofile", "", "write the agent's heap profile with 10,000 tracked processes to this file (memory target)")
+	load := flag.Int("load", 2, "CPU hogs beside the kills of the load target (0 turns the target off)")
 	flag.Parse()
+	if *load < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -load: want 0 or more hogs")
+		return 2
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: run as root: it loads eBPF programs through the agent, makes cgroups and kills its own processes")
 		return 2
@@ -79,6 +91,7 @@ func run() int {
 		return 1
 	}
 	b.heapProfile = *heapProfile
+	b.load = *load
 	// SIGINT/SIGTERM: kill what was started, remove the cgroup, then go.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

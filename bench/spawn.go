@@ -114,6 +114,16 @@ func (r *reaper) signal(c *child, sig unix.Signal) error {
 	return unix.PidfdSendSignal(c.pidfd, sig, nil, 0)
 }
 
+// ifLive runs f if c was not seen exiting, while the reaper cannot reap it:
+// c.pid is c's throughout f.
+func (r *reaper) ifLive(c *child, f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byFD[int32(c.pidfd)] == c {
+		f()
+	}
+}
+
 // live counts the children not yet seen exiting.
 func (r *reaper) live() int {
 	r.mu.Lock()
