@@ -42,7 +42,7 @@ func killUnderLoad(b *bench) error {
 	// deadline); the deadlines still come after the last start.
 	timeout := spreadOver + 8*time.Second
 	k := newKill10k(b)
-	b.out.section(fmt.Sprintf("11. kill latency under CPU load: %d trees (%s) over %v, and %d processes in trees of %d (%s) over %v, each without then with %d CPU hogs; %d rounds",
+	b.out.section(fmt.Sprintf("11. kill latency under CPU load: %d trees (%s) over %v, and %d processes in trees of %d (%s) over %v, each without then with %d CPU hogs; rounds: %d",
 		n, engKill, spreadOver, k.procs, k.per, filepath.Base(k.argv[0]), k.spreadOver, b.load, rounds))
 	if err := needPIDs(max(2*n, k.procs) + b.load); err != nil {
 		return err
@@ -103,10 +103,10 @@ func killUnderLoad(b *bench) error {
 	for _, kd := range kinds {
 		m0, m1, ratio := time.Duration(median(kd.base)), time.Duration(median(kd.with)), median(kd.ratios)
 		b.out.check(fmt.Sprintf("%s_p99_load%d", kd.name, b.load), ms(m1),
-			fmt.Sprintf("≤ %.0f ms, median of %d rounds' p99 with %d CPU hogs (%s ms)", msf(kd.target), rounds, b.load, spread(msfs(kd.with), "%.2f")),
+			fmt.Sprintf("≤ %.0f ms, median of %s p99 with %d CPU hogs (%s ms)", msf(kd.target), roundsOf(rounds), b.load, spread(msfs(kd.with), "%.2f")),
 			m1 <= kd.target)
 		b.out.info(kd.name+"_load_ratio", fmt.Sprintf("%.2fx", ratio),
-			fmt.Sprintf("median of %d rounds' p99 with / without hogs (%s); median p99 without %s", rounds, spread(kd.ratios, "%.2fx"), ms(m0)))
+			fmt.Sprintf("median of %s p99 with / without hogs (%s); median p99 without %s", roundsOf(rounds), spread(kd.ratios, "%.2fx"), ms(m0)))
 	}
 	var all []float64
 	for _, kd := range kinds {
@@ -131,6 +131,14 @@ func loadNotes(b *bench, what string, k *killResult) {
 	if len(k.left) > 0 {
 		b.out.note("%s: %d processes left in the table %v after the kills: %s", what, len(k.left), k.drain.Round(100*time.Millisecond), stateCounts(k.left))
 	}
+}
+
+// roundsOf is "N rounds'" (or "1 round's"), for the notes.
+func roundsOf(n int) string {
+	if n == 1 {
+		return "1 round's"
+	}
+	return fmt.Sprintf("%d rounds'", n)
 }
 
 func msfs(ns []float64) []float64 {
