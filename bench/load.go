@@ -96,8 +96,9 @@ func killUnderLoad(b *bench) error {
 				shares[i] = fmt.Sprintf("%.0f%%", 100*c)
 			}
 			b.out.info(fmt.Sprintf("%s_load%d_r%d", kd.name, b.load, r), fmt.Sprintf("%.2f / %.2f ms", msf(p0), msf(p1)),
-				fmt.Sprintf("p99 without / with %d hogs, %.2fx; p50 %s / %s; hogs %s of a core",
-					b.load, float64(p1)/float64(p0), ms(percentile(base.lat, 0.5)), ms(percentile(with.lat, 0.5)), strings.Join(shares, ", ")))
+				fmt.Sprintf("p99 without / with %d hogs, %.2fx; p50 %s / %s; agent's histogram p99 %s / %s; hogs %s of a core",
+					b.load, float64(p1)/float64(p0), ms(percentile(base.lat, 0.5)), ms(percentile(with.lat, 0.5)),
+					histP99(base.m), histP99(with.m), strings.Join(shares, ", ")))
 		}
 	}
 	for _, kd := range kinds {
@@ -118,6 +119,16 @@ func killUnderLoad(b *bench) error {
 		b.out.note("a hog got only %.0f%% of a core: the CPU was not as loaded as asked", 100*lo)
 	}
 	return nil
+}
+
+// histP99 is the p99 of the agent's own kill latency histogram (exit times
+// stamped by the kernel, so the bench's own wait for a CPU is not in it).
+func histP99(m metrics) string {
+	q, ok := m.Quantile("overtime_kill_latency_seconds", `rule="ovt-kill"`, 0.99)
+	if !ok {
+		return "-"
+	}
+	return ms(time.Duration(q * 1e9))
 }
 
 // loadNotes prints, for one unreported run of the load target, what the
