@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -184,6 +185,14 @@ func serve(ctx context.Context, cfg *agent.Config, f runFlags, log *slog.Logger)
 	killThread, err := enforcer.NewKillThread()
 	if err != nil {
 		return fmt.Errorf("kill thread: %w", err)
+	}
+	// The kill thread runs Go code when it wakes, for which it needs one
+	// of the runtime's GOMAXPROCS slots: with one a CPU (or fewer, under a
+	// CPU limit), a busy agent can hold them all, each on a thread the
+	// kernel has set aside for the node's other work, and the kill waits
+	// for one of them to come back. Two more than that leave one free.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 2)
 	}
 	defer killThread.Close()
 
