@@ -170,12 +170,14 @@ func (a *Agent) endTree(t *tree, at time.Duration) {
 	}
 	runtime := at - t.start
 	a.m.runtime.WithLabelValues(t.rule.Name, outcome).Observe(runtime.Seconds())
+	attrs := []any{"outcome", outcome, "tree_cgroup", t.name}
 	if t.killed && at >= t.killAt {
 		lat := at - t.killAt
 		a.m.killLatency.WithLabelValues(t.rule.Name).Observe(lat.Seconds())
 		a.record(t, t.rootPID, "kill", "confirmed", "tree gone "+lat.String()+" after deadline + grace")
+		attrs = append(attrs, "kill_latency", lat.String())
 	}
-	a.log.Info("tree ended", a.rootAttrs(t, "outcome", outcome, "tree_cgroup", t.name)...)
+	a.log.Info("tree ended", a.rootAttrs(t, attrs...)...)
 	if cleanupApplies(t.rule.Cleanup.When, outcome) {
 		a.cleanup(t) // then the release
 	} else {

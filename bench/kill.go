@@ -185,6 +185,10 @@ type killResult struct {
 	early, unnamed, notKilled int
 	left                      []apiProcess
 	drain                     time.Duration
+	// From the agent's log: each tree's deadline to its last member's
+	// exit, both on the kernel's clock (tree ended, kill_latency), and the
+	// deadline to the SIGKILL sent by the kill thread (kill_delay).
+	gone, sent []time.Duration
 }
 
 // finishKill waits up to wait for every root of run to exit, reports the
@@ -216,7 +220,21 @@ func collectKill(a *agent, run *killRun, timeout, wait time.Duration) (*killResu
 	if err != nil {
 		return nil, err
 	}
-	return &killResult{lat: lat, m: m, early: early, unnamed: unnamed, notKilled: notKilled, left: procs, drain: drain}, nil
+	res := &killResult{lat: lat, m: m, early: early, unnamed: unnamed, notKilled: notKilled, left: procs, drain: drain}
+	res.gone = logDurations(a.logs("tree ended"), "kill_latency")
+	res.sent = logDurations(a.logs("killed the tree"), "kill_delay")
+	return res, nil
+}
+
+// logDurations reads the duration field of each record that has it.
+func logDurations(recs []logRecord, field string) []time.Duration {
+	var out []time.Duration
+	for _, r := range recs {
+		if d, err := time.ParseDuration(r.Str(field)); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // report prints the figures of k under name (reportKill, and the table
