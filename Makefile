@@ -81,7 +81,7 @@ fuzz: ## a short fuzz run of the config parser and the event decoder
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),30s) ./bpf/
 
 .PHONY: bench
-bench: build ## benchmarks, as root: the node suite (bench/, about 7 minutes) against bin/overtime, then the hot-path micro benchmarks
+bench: build ## benchmarks, as root: the node suite (bench/, about 17 minutes, 9 of them the load target) against bin/overtime, then the hot-path micro benchmarks
 	@[ "$$(id -u)" = 0 ] || { echo "make bench runs as root: the suite loads eBPF programs through the agent, makes cgroups and kills its own processes"; exit 1; }
 	@status=0; $(GO) run ./bench -agent $(BIN) $(BENCHFLAGS) || status=$$?; \
 	echo "-- micro benchmarks (go test -bench)"; \
