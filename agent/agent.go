@@ -49,6 +49,10 @@ type Options struct {
 	FileTracingMode string
 }
 
+// cleanupNice is the niceness of the cleanup worker's thread: a tenth of a
+// normal thread's CPU share when they compete, the whole CPU when idle.
+const cleanupNice = 10
+
 // DefaultFilesIdle is Options.FilesIdle's default.
 const DefaultFilesIdle = 30 * time.Second
 
@@ -155,6 +159,11 @@ func New(o Options) *Agent {
 	if o.KillAlarm != nil {
 		a.killer = &killer{alarm: o.KillAlarm, kill: a.killCgroup, now: o.Clock.Now}
 	}
+	// Cleanups run beside kills (a node's backups often time out
+	// together): on a busy node their filesystem round trips, and the
+	// file server's, take a CPU from the processes being killed, whose
+	// exit is the kill's latency.
+	a.cleanups.nice = cleanupNice
 	a.m = NewMetrics(o.Registry, o.Build)
 	if o.FileTracingMode != "" {
 		a.m.fileTracingMode.WithLabelValues(o.FileTracingMode).Set(1)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"overtime/internal/node"
 )
@@ -65,6 +66,36 @@ func TestCleanupRemovesOnlyCreatedMatchingDeepestFirst(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(h.a.m.removedBytes.WithLabelValues("restic")); v != 30 {
 		t.Fatalf("removed bytes = %v", v)
+	}
+}
+
+// Cleanups run on a thread of their own at a lower priority than the
+// processes being killed beside them.
+func TestCleanupRunsNice(t *testing.T) {
+	h := newHarness(t, resticRule)
+	h.start()
+	nice := -100
+	h.enf.removeFn = func(path string) (int64, string, error) {
+		// getpriority returns 20 - nice for a thread (the raw system call).
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+		if err != nil {
+			t.Errorf("getpriority: %v", err)
+		}
+		nice = 20 - prio
+		return 1, "", nil
+	}
+	h.exec(100, 1, 0, "restic", "backup")
+	h.file(100, node.FileCreate, "/tmp/restic-temp", "", 7)
+	h.at(5 * time.Minute)
+	h.exit(100, 5*time.Minute+time.Second, 15)
+	if got := removed(h.enf.callList()); len(got) != 1 {
+		t.Fatalf("removed %v, want the temp file", got)
+	}
+	if nice != cleanupNice {
+		t.Fatalf("the cleanup ran at nice %d, want %d", nice, cleanupNice)
+	}
+	if prio, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); 20-prio != 0 {
+		t.Fatalf("the test's own thread is at nice %d: the cleanup's niceness leaked", 20-prio)
 	}
 }
 

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"runtime"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Work off the loop. Whatever touches the node and can wait on it (a
@@ -42,12 +45,21 @@ func (a *Agent) report(r result) {
 type serial struct {
 	once sync.Once
 	jobs chan func()
+	// nice, when set, is the niceness of the worker's thread: background
+	// work that must not take a CPU from the processes being killed.
+	nice int
 }
 
 func (s *serial) run(f func()) {
 	s.once.Do(func() {
 		s.jobs = make(chan func(), 4096)
 		go func() {
+			if s.nice != 0 {
+				// Niceness is a thread's (Linux): the worker keeps its
+				// thread, which never goes back to the runtime's pool.
+				runtime.LockOSThread()
+				_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), s.nice)
+			}
 			for f := range s.jobs {
 				f()
 			}
