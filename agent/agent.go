@@ -49,9 +49,11 @@ type Options struct {
 	FileTracingMode string
 }
 
-// cleanupNice is the niceness of the cleanup worker's thread: a tenth of a
-// normal thread's CPU share when they compete, the whole CPU when idle.
-const cleanupNice = 10
+// cleanupNice is the niceness of the cleanup worker's thread: the lowest,
+// a small share of the CPU beside busy normal threads (it still goes on:
+// a stale lock left behind blocks the next backup), the whole CPU when
+// nothing else runs.
+const cleanupNice = 19
 
 // DefaultFilesIdle is Options.FilesIdle's default.
 const DefaultFilesIdle = 30 * time.Second
