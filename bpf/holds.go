@@ -58,11 +58,18 @@ func (t *Tracer) Holds() *Holds {
 func (h *Holds) Files() ([]*os.File, error) {
 	var out []*os.File
 	for _, m := range []*ebpf.Map{h.held, h.expired, h.busy} {
-		c, err := m.Clone()
+		// A descriptor of the file's own: a Map's descriptor is closed
+		// when the Map is collected (a Clone wrapped in a File was, and
+		// the guard's fork/exec then failed with EBADF, or could have
+		// handed down whatever took the number next).
+		fd, err := unix.FcntlInt(uintptr(m.FD()), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
+			for _, f := range out {
+				f.Close()
+			}
 			return nil, fmt.Errorf("duplicate the holds map: %w", err)
 		}
-		out = append(out, os.NewFile(uintptr(c.FD()), "overtime-holds"))
+		out = append(out, os.NewFile(uintptr(fd), "overtime-holds"))
 	}
 	return out, nil
 }

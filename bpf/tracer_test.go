@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"overtime/internal/hostns"
 	"overtime/internal/procstat"
@@ -1291,5 +1293,46 @@ func TestNoHoldWithAControllingTerminal(t *testing.T) {
 	ex := h.wait(t, "exec", func(r *Record) bool { return r.Type == TypeExec && r.TGID == uint32(cmd.Process.Pid) })
 	if ex.Held {
 		t.Fatal("exec record says held")
+	}
+}
+
+// The hold record's files for the guard keep naming the same maps after
+// the garbage collector has run: each holds a descriptor of its own.
+func TestHoldsFilesOutliveTheCollector(t *testing.T) {
+	h := newHarness(t, Options{})
+	holds := h.tr.Holds()
+	files, err := holds.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for range 3 {
+		runtime.GC()
+	}
+	want := []*ebpf.Map{holds.held, holds.expired, holds.busy}
+	for i, f := range files {
+		dup, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatalf("file %d: %v", i, err)
+		}
+		m, err := ebpf.NewMapFromFD(dup)
+		if err != nil {
+			t.Fatalf("file %d no longer names a map: %v", i, err)
+		}
+		got, err1 := m.Info()
+		exp, err2 := want[i].Info()
+		m.Close()
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		gotID, _ := got.ID()
+		expID, _ := exp.ID()
+		if gotID != expID {
+			t.Fatalf("file %d names map %d, want %d", i, gotID, expID)
+		}
 	}
 }
