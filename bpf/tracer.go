@@ -143,11 +143,16 @@ func Load(opts Options) (*Tracer, error) {
 	if _, err := ParseFileTracing(string(mode)); err != nil {
 		return nil, err
 	}
-	if err := probe(); err != nil {
-		return nil, err
-	}
+	// Before the probes: where the kernel charges BPF memory to
+	// RLIMIT_MEMLOCK (before 5.11) it charges every process of the user
+	// together, and the probes' maps would fail with EPERM on a node whose
+	// other BPF users (a CNI, an earlier agent's maps not yet freed) hold
+	// most of root's limit, refusing the start as "not supported".
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	if err := probe(); err != nil {
+		return nil, err
 	}
 	spec, err := loadOvertime()
 	if err != nil {
