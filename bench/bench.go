@@ -30,11 +30,12 @@ type bench struct {
 	// load: how many CPU hogs the load target runs beside its kills.
 	load int
 	// nofile is RLIMIT_NOFILE, which the agents inherit.
-	nofile uint64
-	tmp    string // scratch directory: engines, configs, agent logs
-	cg     *cgroup
-	r      *reaper
-	out    *output
+	nofile   uint64
+	tmp      string  // scratch directory: engines, configs, agent logs
+	cg       *cgroup // nil where the node has none for the bench: noCgroup says why
+	noCgroup error
+	r        *reaper
+	out      *output
 
 	mu     sync.Mutex
 	agents []*agent
@@ -57,10 +58,8 @@ func newBench(bin string, quick bool) (*bench, error) {
 	if b.tmp, err = os.MkdirTemp("", "overtime-bench-"); err != nil {
 		return nil, err
 	}
-	if b.cg, err = newCgroup(fmt.Sprintf("overtime-bench-%d", os.Getpid())); err != nil {
-		os.RemoveAll(b.tmp)
-		return nil, err
-	}
+	// Without a cgroup of its own the bench runs its bare targets only.
+	b.cg, b.noCgroup = newCgroup(fmt.Sprintf("overtime-bench-%d", os.Getpid()))
 	if b.r, err = newReaper(); err != nil {
 		b.cg.remove()
 		os.RemoveAll(b.tmp)
@@ -192,14 +191,18 @@ func (b *bench) endTarget() error {
 	for _, a := range agents {
 		a.stop()
 	}
-	if err := b.cg.killAll(); err != nil {
+	if b.cg == nil {
+		b.r.killAll()
+	} else if err := b.cg.killAll(); err != nil {
 		errs = append(errs, err)
 	}
 	if !b.r.waitIdle(10 * time.Second) {
 		errs = append(errs, fmt.Errorf("%d started processes not reaped 10s after kill", b.r.live()))
 	}
-	if err := b.cg.removeChildren(); err != nil {
-		errs = append(errs, err)
+	if b.cg != nil {
+		if err := b.cg.removeChildren(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -224,8 +227,12 @@ func (b *bench) close() {
 }
 
 // subCgroup makes a child of the bench cgroup and a launcher starting
-// processes directly inside it (clone3 CLONE_INTO_CGROUP).
+// processes directly inside it (clone3 CLONE_INTO_CGROUP); without a bench
+// cgroup (a bare target), a launcher starting them in the bench's own.
 func (b *bench) subCgroup(name string) (*launcher, error) {
+	if b.cg == nil {
+		return newLauncher("", "", b.r, b.tmp)
+	}
 	dir, err := b.cg.mkdir(name)
 	if err != nil {
 		return nil, err
@@ -242,8 +249,12 @@ func (b *bench) header() {
 	fmt.Fprintln(w, "==================================================================================")
 	fmt.Fprintln(w, " overtime benchmark suite (issue 8)")
 	fmt.Fprintf(w, " binary  %s  %s\n", b.bin, strings.TrimSpace(strings.ReplaceAll(string(ver), "\n", " ")))
-	fmt.Fprintf(w, " node    Linux %s, %d CPUs, %s RAM, %s, cgroup v2 at %s\n",
-		unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(), memTotal(), runtime.Version(), b.cg.root)
+	cg := "no bench cgroup: " + fmt.Sprint(b.noCgroup)
+	if b.cg != nil {
+		cg = "cgroup v2 at " + b.cg.root
+	}
+	fmt.Fprintf(w, " node    Linux %s, %d CPUs, %s RAM, %s, %s\n",
+		unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(), memTotal(), runtime.Version(), cg)
 	fmt.Fprintf(w, " load    %s", load)
 	fmt.Fprintf(w, " limits  RLIMIT_NOFILE %d (inherited by the agents), pid_max %s, threads-max %s\n",
 		b.nofile, readTrim("/proc/sys/kernel/pid_max"), readTrim("/proc/sys/kernel/threads-max"))

@@ -122,6 +122,16 @@ func (r *reaper) signal(c *child, sig unix.Signal) error {
 	return unix.PidfdSendSignal(c.pidfd, sig, nil, 0)
 }
 
+// killAll SIGKILLs every child not yet seen exiting, through its pidfd:
+// how a bare target's processes end without the bench cgroup.
+func (r *reaper) killAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.byFD {
+		_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
+	}
+}
+
 // ifLive runs f if c was not seen exiting, while the reaper cannot reap it:
 // c.pid is c's throughout f.
 func (r *reaper) ifLive(c *child, f func()) {
@@ -159,23 +169,29 @@ func (r *reaper) close() {
 
 // launcher starts processes straight into one cgroup (clone3 with
 // CLONE_INTO_CGROUP), with a pidfd (CLONE_PIDFD), stdio on /dev/null.
+// With no cgroup (dir ""), they start in the bench's own.
 type launcher struct {
 	dir    string // the cgroup directory
 	path   string // the cgroup path, as /proc/PID/cgroup shows it
-	cgfd   int
+	cgfd   int    // -1: no cgroup
 	r      *reaper
 	wd     string
 	devnul *os.File
 }
 
 func newLauncher(dir, path string, r *reaper, wd string) (*launcher, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
+	fd := -1
+	if dir != "" {
+		var err error
+		if fd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return nil, err
+		}
 	}
 	dn, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
-		unix.Close(fd)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil, err
 	}
 	l := &launcher{dir: dir, path: path, cgfd: fd, r: r, wd: wd, devnul: dn}
@@ -197,7 +213,7 @@ func (l *launcher) startWith(out uintptr, argv ...string) (*child, error) {
 		Env:   []string{"PATH=/usr/bin:/bin"},
 		Files: []uintptr{nul, out, nul},
 		Sys: &syscall.SysProcAttr{
-			UseCgroupFD: true, CgroupFD: l.cgfd,
+			UseCgroupFD: l.cgfd >= 0, CgroupFD: l.cgfd,
 			PidFD:   &c.pidfd,
 			Setpgid: true,
 		},
@@ -238,7 +254,7 @@ func (l *launcher) startPaced(n int, d time.Duration, argv ...string) ([]*child,
 func (l *launcher) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = l.wd
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: l.cgfd, Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: l.cgfd >= 0, CgroupFD: l.cgfd, Setpgid: true}
 	return cmd
 }
 
