@@ -39,7 +39,10 @@ type bench struct {
 
 	mu     sync.Mutex
 	agents []*agent
-	closed bool
+	// closing ends everything once; a second close (the signal handler's
+	// beside main's deferred one) waits for it, so the process cannot
+	// exit with the cleanup half done and leave the bench cgroup behind.
+	closing sync.Once
 }
 
 func newBench(bin string, quick bool) (*bench, error) {
@@ -209,21 +212,16 @@ func (b *bench) endTarget() error {
 
 // close ends everything and removes the cgroup and scratch directory.
 func (b *bench) close() {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return
-	}
-	b.closed = true
-	b.mu.Unlock()
-	if err := b.endTarget(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench: cleanup:", err)
-	}
-	b.r.close()
-	if err := b.cg.remove(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench: cleanup:", err)
-	}
-	os.RemoveAll(b.tmp)
+	b.closing.Do(func() {
+		if err := b.endTarget(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cleanup:", err)
+		}
+		b.r.close()
+		if err := b.cg.remove(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cleanup:", err)
+		}
+		os.RemoveAll(b.tmp)
+	})
 }
 
 // subCgroup makes a child of the bench cgroup and a launcher starting
