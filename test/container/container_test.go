@@ -223,8 +223,10 @@ wait
 		if resticPID == 0 {
 			return false
 		}
+		// restic writes a file as NAME-tmp-RANDOM, then renames it: the
+		// lock is the one name without that suffix.
 		names, _ := os.ReadDir(fmt.Sprintf("/proc/%d/root%s/locks", resticPID, repo))
-		if len(names) == 1 {
+		if len(names) == 1 && !strings.Contains(names[0].Name(), "-tmp-") {
 			lockName = names[0].Name()
 			return true
 		}
