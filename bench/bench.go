@@ -202,10 +202,8 @@ func (b *bench) endTarget() error {
 	if !b.r.waitIdle(10 * time.Second) {
 		errs = append(errs, fmt.Errorf("%d started processes not reaped 10s after kill", b.r.live()))
 	}
-	if b.cg != nil {
-		if err := b.cg.removeChildren(); err != nil {
-			errs = append(errs, err)
-		}
+	if err := b.cg.removeChildren(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -99,6 +99,9 @@ func (c *cgroup) populated() int {
 // removeChildren removes every cgroup below the bench cgroup, deepest
 // first (the agent's tree cgroups it did not remove itself included).
 func (c *cgroup) removeChildren() error {
+	if c == nil {
+		return nil
+	}
 	var dirs []string
 	_ = filepath.WalkDir(c.dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() && p != c.dir {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,8 +88,9 @@ func killUnderLoad(b *bench) error {
 			}
 			loadNotes(b, fmt.Sprintf("%s with %d hogs", kd.name, b.load), with)
 			// The figure checked is on the kernel's clock: the exit as the
-			// bench sees it (its pidfd) also counts the bench's own wait
-			// for a CPU beside the hogs, printed for comparison.
+			// bench sees it (its pidfd) comes after the dying process's
+			// memory teardown, and counts the bench's own wait for a CPU
+			// beside the hogs; it is printed for comparison.
 			p0, p1 := percentile(base.gone, 0.99), percentile(with.gone, 0.99)
 			if p0 <= 0 || p1 <= 0 {
 				return fmt.Errorf("%s round %d: no kill latency in the agent's log (p99 %v without hogs, %v with)", kd.name, r, p0, p1)
@@ -109,7 +111,7 @@ func killUnderLoad(b *bench) error {
 	for _, kd := range kinds {
 		m0, m1, ratio := time.Duration(median(kd.base)), time.Duration(median(kd.with)), median(kd.ratios)
 		b.out.check(fmt.Sprintf("%s_p99_load%d", kd.name, b.load), ms(m1),
-			fmt.Sprintf("≤ %.0f ms, median of %s p99 with %d CPU hogs (%s ms)", msf(kd.target), roundsOf(rounds), b.load, spread(msfs(kd.with), "%.2f")),
+			fmt.Sprintf("≤ %.0f ms, median of %s p99 with %d CPU hogs (%s ms)", msf(kd.target), roundsOf(rounds), b.load, spread(scaled(kd.with, 1/float64(time.Millisecond)), "%.2f")),
 			m1 <= kd.target)
 		b.out.info(kd.name+"_load_ratio", fmt.Sprintf("%.2fx", ratio),
 			fmt.Sprintf("median of %s p99 with / without hogs (%s); median p99 without %s", roundsOf(rounds), spread(kd.ratios, "%.2fx"), ms(m0)))
@@ -119,8 +121,8 @@ func killUnderLoad(b *bench) error {
 		all = append(all, kd.hogCPU...)
 	}
 	b.out.note("hogs: %d processes a hogged run, each one spinning thread, %s of a core each by utime+stime over its life (%d CPUs)",
-		b.load, spread(pcts(all), "%.0f%%"), runtime.NumCPU())
-	if lo := minOf(all); lo < 0.5*min(1, float64(runtime.NumCPU())/float64(b.load+1)) {
+		b.load, spread(scaled(all, 100), "%.0f%%"), runtime.NumCPU())
+	if lo := slices.Min(all); lo < 0.5*min(1, float64(runtime.NumCPU())/float64(b.load+1)) {
 		b.out.note("a hog got only %.0f%% of a core: the CPU was not as loaded as asked", 100*lo)
 	}
 	return nil
@@ -147,31 +149,13 @@ func roundsOf(n int) string {
 	return fmt.Sprintf("%d rounds'", n)
 }
 
-func msfs(ns []float64) []float64 {
-	out := make([]float64, len(ns))
-	for i, x := range ns {
-		out[i] = x / float64(time.Millisecond)
-	}
-	return out
-}
-
-func pcts(xs []float64) []float64 {
+// scaled is xs, each times k (ns to ms, shares to percent), for the notes.
+func scaled(xs []float64, k float64) []float64 {
 	out := make([]float64, len(xs))
 	for i, x := range xs {
-		out[i] = 100 * x
+		out[i] = k * x
 	}
 	return out
-}
-
-func minOf(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	m := xs[0]
-	for _, x := range xs[1:] {
-		m = min(m, x)
-	}
-	return m
 }
 
 // hogs are the CPU hogs of one run: the bench re-executed as hogCmd, in
